@@ -1,0 +1,51 @@
+# quantsearch: `make demo` and `make test` each create .venv if missing, install, fetch the data, and run.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export RAY_AUTH_MODE := disabled
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test test-fast lint install data benchmarks clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev,export,k8s]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Fashion-MNIST: QUANTSEARCH_DATA, or Debian's package (installed when we are root), or a clear message.
+data:
+	@if [ -n "$$QUANTSEARCH_DATA" ] || [ -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
+	    || [ -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Fashion-MNIST (apt-get install -y dataset-fashion-mnist)"; \
+	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null; }; \
+	else \
+	  echo "Fashion-MNIST is missing: run 'sudo apt-get install -y dataset-fashion-mnist' or set QUANTSEARCH_DATA" >&2; \
+	  exit 2; \
+	fi
+
+demo: install data
+	$(PY) -m quantsearch run jobs/demo.yaml
+
+# The whole suite: fast unit tests and the slow integration tests.
+test: install data
+	$(PY) -m pytest -q tests
+
+test-fast: install data
+	$(PY) -m pytest -q -m "not slow" tests
+
+lint: install
+	$(VENV)/bin/ruff check platform tests benchmarks
+
+benchmarks: install data
+	$(PY) benchmarks/fp32_baseline.py
+	$(PY) benchmarks/quant_overhead.py
+	$(PY) benchmarks/lsq_baseline.py
+
+clean:
+	rm -rf runs .pytest_cache build dist

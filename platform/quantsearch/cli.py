@@ -1,0 +1,245 @@
+"""The `quantsearch` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from quantsearch import __version__
+from quantsearch.errors import ConfigError, QuantsearchError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad arguments as one line (exit 2) instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"quantsearch: error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(2)
+
+
+def _job_from_args(args: argparse.Namespace) -> object:
+    from quantsearch.config import JobSpec, apply_overrides, load_job, validate_spec
+
+    if getattr(args, "job", None):
+        spec = load_job(args.job, args.set or [])
+    else:
+        spec = validate_spec(apply_overrides(JobSpec().model_dump(), args.set or []))
+    return spec
+
+
+def _override(spec: object, **sections: dict[str, object]) -> object:
+    from quantsearch.config import validate_spec
+
+    raw = spec.model_dump()  # type: ignore[attr-defined]
+    for section, values in sections.items():
+        for key, value in values.items():
+            if value is None:
+                continue
+            if section == "":
+                raw[key] = value
+            else:
+                if raw.get(section) is None:
+                    raw[section] = {}
+                raw[section][key] = value
+    return validate_spec(raw)
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    """Print the model registry."""
+    from quantsearch.models import list_models
+
+    for name, desc in list_models(include_torchvision=not args.reference_only).items():
+        print(f"{name:28s} {desc}")
+    return 0
+
+
+def cmd_profiles_list(args: argparse.Namespace) -> int:
+    """Print the backend profiles."""
+    from quantsearch.quant import list_profiles
+
+    for p in list_profiles().values():
+        print(f"{p.name:22s} W{list(p.weight_bits)} A{list(p.act_bits)} {'/'.join(p.weight_granularity)} "
+              f"wsym={list(p.weight_symmetric)} asym={list(p.act_symmetric)}  {p.description}")
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    """Print dataset facts."""
+    from quantsearch.config import DataSpec
+    from quantsearch.data import prepare_data
+
+    d = prepare_data(DataSpec(name=args.data, root=args.root, val_size=args.val_size))
+    b = d.bundle
+    print(f"dataset      {b.name}\nsource       {b.source}\nimage        {b.in_channels}x{b.image_size}x{b.image_size}"
+          f"\nclasses      {b.num_classes}\ntrain / val  {len(d.train)} / {len(d.val)}\ntest         {len(d.test)}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train an FP32 model."""
+    from quantsearch.data import prepare_data
+    from quantsearch.train import train_fp32
+
+    spec = _override(_job_from_args(args), data={"name": args.data, "train_limit": args.train_limit},
+                     model={"name": args.model},
+                     training={"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size},
+                     **{"": {"seed": args.seed}})
+    from quantsearch.models import create
+
+    data = prepare_data(spec.data)  # type: ignore[attr-defined]
+    create(spec.model.name, data.bundle.num_classes, data.bundle.in_channels)  # type: ignore[attr-defined]
+    res = train_fp32(spec, data, args.out, resume=not args.no_resume, progress=not args.quiet)  # type: ignore[arg-type]
+    print(f"model {spec.model.name}: val {100 * res.val_acc:.2f}%  test {100 * res.test_acc:.2f}%  "  # type: ignore[attr-defined]
+          f"params {res.params}  {res.epochs} epochs  {res.seconds:.0f}s  -> {res.checkpoint}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint on the test (or val) split."""
+    from quantsearch.config import DataSpec
+    from quantsearch.data import prepare_data
+    from quantsearch.train import evaluate, load_checkpoint, load_model
+
+    ckpt = load_checkpoint(args.checkpoint)
+    data = prepare_data(DataSpec(name=args.data or ckpt["dataset"], root=args.root, test_limit=args.limit))
+    model = load_model(ckpt)
+    split = data.test if args.split == "test" else data.val
+    res = evaluate(model, split, data.mean, data.std)
+    print(f"{args.checkpoint}: {ckpt['kind']} {ckpt['model_name']}  {args.split} top-1 {100 * res.top1:.2f}%  "
+          f"loss {res.loss:.4f}  n={res.n}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Validate a job spec."""
+    from quantsearch.config import load_job
+
+    spec = load_job(args.job, args.set or [])
+    stages = ["fp32"] + (["qat"] if spec.qat else [])
+    print(f"{args.job}: valid job '{spec.name}' ({spec.model.name} on {spec.data.name}; stages: {', '.join(stages)})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a job spec end to end."""
+    from quantsearch.config import load_job
+    from quantsearch.pipeline import run_job
+
+    spec = load_job(args.job, args.set or [])
+    run_job(spec, progress=not args.quiet)
+    return 0
+
+
+def cmd_qat(args: argparse.Namespace) -> int:
+    """LSQ QAT of one fixed config from an FP32 checkpoint."""
+    from quantsearch.data import prepare_data
+    from quantsearch.train import load_checkpoint, train_qat
+
+    ckpt = load_checkpoint(args.checkpoint, kind="fp32")
+    spec = _job_from_args(args)
+    raw_qat = {"config": args.config, "checkpoint": args.checkpoint, "epochs": args.epochs,
+               "profile": args.profile, "calib_images": args.calib_images, "lr": args.lr}
+    spec = _override(spec, data={"name": ckpt["dataset"], "train_limit": args.train_limit},
+                     qat={k: v for k, v in raw_qat.items() if v is not None}, **{"": {"seed": args.seed}})
+    data = prepare_data(spec.data)  # type: ignore[attr-defined]
+    res = train_qat(spec, data, args.out, progress=not args.quiet)  # type: ignore[arg-type]
+    print(f"{args.config} ({res.config.summary()}): calibrated val {100 * res.ptq_val_acc:.2f}%  "
+          f"QAT val {100 * res.val_acc:.2f}%  test {100 * res.test_acc:.2f}%  {res.epochs} epochs "
+          f"{res.seconds:.0f}s -> {res.checkpoint}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    p = _Parser(prog="quantsearch", description="Find how to quantize a CNN for a target, and prove it on real data.")
+    p.add_argument("--version", action="version", version=f"quantsearch {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def job_opts(sp: argparse.ArgumentParser, positional: bool = False) -> None:
+        if positional:
+            sp.add_argument("job", help="YAML job spec")
+        else:
+            sp.add_argument("--job", help="YAML job spec to start from")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field, e.g. training.epochs=2")
+
+    models = sub.add_parser("models", help="model registry").add_subparsers(dest="action", required=True,
+                                                                              parser_class=_Parser)
+    ml = models.add_parser("list", help="list creatable models")
+    ml.add_argument("--reference-only", action="store_true", help="omit torchvision models")
+    ml.set_defaults(func=cmd_models_list)
+
+    profiles = sub.add_parser("profiles", help="backend profiles").add_subparsers(dest="action", required=True,
+                                                                                  parser_class=_Parser)
+    profiles.add_parser("list", help="list backend profiles").set_defaults(func=cmd_profiles_list)
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="action", required=True, parser_class=_Parser)
+    di = data.add_parser("info", help="show a dataset's size and split")
+    di.add_argument("--data", default="fashion-mnist")
+    di.add_argument("--root", default=None)
+    di.add_argument("--val-size", type=int, default=5000)
+    di.set_defaults(func=cmd_data_info)
+
+    tr = sub.add_parser("train", help="train an FP32 model")
+    tr.add_argument("--model", default=None)
+    tr.add_argument("--data", default=None)
+    tr.add_argument("--epochs", type=int, default=None)
+    tr.add_argument("--lr", type=float, default=None)
+    tr.add_argument("--batch-size", type=int, default=None)
+    tr.add_argument("--train-limit", type=int, default=None, help="train on only this many images")
+    tr.add_argument("--seed", type=int, default=None)
+    tr.add_argument("--out", required=True, help="output folder (model.pt, metrics.json)")
+    tr.add_argument("--no-resume", action="store_true", help="start over even if OUT/model.pt exists")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    job_opts(tr)
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint (FP32 or quantized)")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--data", default=None, help="default: the checkpoint's dataset")
+    ev.add_argument("--root", default=None)
+    ev.add_argument("--split", choices=["test", "val"], default="test")
+    ev.add_argument("--limit", type=int, default=None, help="evaluate on only this many test images")
+    ev.set_defaults(func=cmd_eval)
+
+    va = sub.add_parser("validate", help="validate a job spec")
+    job_opts(va, positional=True)
+    va.set_defaults(func=cmd_validate)
+
+    rn = sub.add_parser("run", help="run a job spec end to end")
+    job_opts(rn, positional=True)
+    rn.add_argument("--quiet", action="store_true")
+    rn.set_defaults(func=cmd_run)
+
+    qa = sub.add_parser("qat", help="LSQ quantization-aware training of one fixed config (baseline)")
+    qa.add_argument("--config", required=True, help="uniform:W4A4, or a subnet JSON file")
+    qa.add_argument("--checkpoint", required=True, help="FP32 checkpoint from `quantsearch train`")
+    qa.add_argument("--out", required=True)
+    qa.add_argument("--epochs", type=int, default=None)
+    qa.add_argument("--lr", type=float, default=None)
+    qa.add_argument("--profile", default=None, help="backend profile (default generic)")
+    qa.add_argument("--calib-images", type=int, default=None)
+    qa.add_argument("--train-limit", type=int, default=None)
+    qa.add_argument("--seed", type=int, default=None)
+    qa.add_argument("--quiet", action="store_true")
+    job_opts(qa)
+    qa.set_defaults(func=cmd_qat)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; user errors print one line and return 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except QuantsearchError as exc:
+        sys.stderr.write(f"quantsearch: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("quantsearch: interrupted\n")
+        return 130
+
+
+__all__ = ["ConfigError", "build_parser", "main"]

@@ -1,0 +1,163 @@
+"""Job specs: pydantic models loaded from YAML; unknown keys are rejected naming the nearest valid one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from quantsearch._util import suggest
+from quantsearch.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSpec(_Strict):
+    """Which dataset, and how its training set is split into train / val."""
+
+    name: str = "fashion-mnist"
+    root: str | None = Field(None, description="folder with the IDX files; default: QUANTSEARCH_DATA, Debian path")
+    val_size: int = Field(5000, ge=0, description="images held out of training; search measures on them")
+    train_limit: int | None = Field(None, ge=1, description="use only this many training images (tests, demos)")
+    test_limit: int | None = Field(None, ge=1, description="evaluate on only this many test images")
+    split_seed: int = 0
+
+
+class ModelSpec(_Strict):
+    """Which architecture (see `quantsearch models list`)."""
+
+    name: str = "resnet8"
+
+
+class TrainingSpec(_Strict):
+    """FP32 training hyper-parameters."""
+
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(0.01, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    augment: bool = Field(False, description="random crop (+flip where valid); off: 4 epochs reach more without")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    device: str = "cpu"
+
+
+class QATSpec(_Strict):
+    """Independent LSQ quantization-aware training of one fixed config (the baseline for EQ-Net)."""
+
+    config: str = Field("uniform:W4A4", description="uniform:W<b>A<b> or a SubnetConfig JSON file")
+    profile: str = "generic"
+    weight_granularity: Literal["per_channel", "per_tensor"] = "per_channel"
+    weight_symmetric: bool = True
+    act_symmetric: bool = False
+    epochs: int = Field(1, ge=0)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    scale_lr: float = Field(1e-3, gt=0, description="learning rate of scales and offsets")
+    weight_decay: float = Field(0.0, ge=0)
+    calib_images: int = Field(1024, ge=1, description="images used to initialise scales (MSE clip search)")
+    checkpoint: str | None = Field(None, description="FP32 checkpoint; default: <output_dir>/fp32/model.pt")
+
+
+class JobSpec(_Strict):
+    """A whole job: which data and model, how to train, where results go."""
+
+    name: str = "job"
+    seed: int = 0
+    output_dir: str = "runs/job"
+    tracking_uri: str | None = Field(None, description="MLflow URI; default sqlite:///<output_dir>/mlflow.db")
+    data: DataSpec = DataSpec()
+    model: ModelSpec = ModelSpec()
+    training: TrainingSpec = TrainingSpec()
+    qat: QATSpec | None = None
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """Walk `loc` through nested pydantic models; return the model owning the last key."""
+    cur: type[BaseModel] = model
+    for key in loc[:-1]:
+        field = cur.model_fields.get(str(key))
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:
+            return None
+        cur = nxt
+    return cur
+
+
+def _explain(exc: ValidationError, model: type[BaseModel]) -> str:
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    dotted = ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        owner = _model_at(model, loc)
+        hint = suggest(str(loc[-1]), owner.model_fields) if owner else ""
+        valid = f"; valid keys here: {', '.join(owner.model_fields)}" if owner and not hint else ""
+        return f"unknown key '{dotted}'{hint}{valid}"
+    return f"invalid value for '{dotted}': {err['msg']}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse `a.b=c` into (['a', 'b'], yaml-parsed c)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--set a.b=c` overrides to a raw spec dict (returns a new dict)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        keys, value = parse_override(text)
+        cur = out
+        for k in keys[:-1]:
+            nxt = cur.get(k)
+            if nxt is None:
+                nxt = cur[k] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override '{text}': '{k}' is not a section")
+            cur = nxt
+        cur[keys[-1]] = value
+    return out
+
+
+def validate_spec(raw: dict[str, Any]) -> JobSpec:
+    """Validate a raw dict as a JobSpec, turning pydantic errors into one-line ConfigErrors."""
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, JobSpec)) from exc
+
+
+def load_job(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    """Load a YAML job spec, apply overrides, validate."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"job spec {path} does not exist; see jobs/ for examples")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}; fix the syntax") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (data, model, training, ...)")
+    return validate_spec(apply_overrides(raw, overrides or []))

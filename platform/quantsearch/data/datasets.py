@@ -1,0 +1,185 @@
+"""Dataset registry: Fashion-MNIST from IDX files, sklearn digits, a seeded synthetic set."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quantsearch._util import suggest
+from quantsearch.data.idx import read_idx
+from quantsearch.errors import DataError
+
+DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+@dataclass(frozen=True)
+class ArrayData:
+    """Images as uint8 [N, C, H, W] and int64 labels [N], kept whole in memory."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError("images must be uint8 [N, C, H, W]")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError("labels must be [N] matching images")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def subset(self, index: torch.Tensor) -> ArrayData:
+        """Return the rows at `index`."""
+        return ArrayData(self.images[index].contiguous(), self.labels[index].contiguous())
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    """A dataset's train and test sets plus what models need to know about it."""
+
+    name: str
+    train: ArrayData
+    test: ArrayData
+    num_classes: int
+    mean: float
+    std: float
+    hflip: bool
+    source: str
+
+    @property
+    def in_channels(self) -> int:
+        """Number of image channels."""
+        return int(self.train.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        """Image height (= width)."""
+        return int(self.train.images.shape[2])
+
+
+def _find_fashion_dir(root: str | None) -> Path | None:
+    candidates = [Path(root)] if root else []
+    if os.environ.get("QUANTSEARCH_DATA"):
+        candidates.append(Path(os.environ["QUANTSEARCH_DATA"]))
+    candidates += [DEBIAN_FASHION_DIR, Path.home() / ".cache" / "quantsearch" / "fashion-mnist"]
+    for cand in candidates:
+        for sub in (cand, cand / "fashion-mnist", cand / "FashionMNIST" / "raw"):
+            if all((sub / f).exists() or (sub / f"{f}.gz").exists() for f in FASHION_FILES.values()):
+                return sub
+    return None
+
+
+def _download_fashion(target: Path) -> Path:
+    try:
+        from torchvision.datasets import FashionMNIST
+
+        FashionMNIST(str(target), train=True, download=True)
+        FashionMNIST(str(target), train=False, download=True)
+    except Exception as exc:  # torchvision raises many kinds when offline
+        raise DataError(
+            "Fashion-MNIST not found and could not be downloaded "
+            f"({type(exc).__name__}); install it with `apt-get install -y dataset-fashion-mnist` "
+            "or set QUANTSEARCH_DATA to a folder holding the IDX files"
+        ) from exc
+    return target / "FashionMNIST" / "raw"
+
+
+def _idx(folder: Path, stem: str) -> np.ndarray:
+    plain = folder / stem
+    return read_idx(plain if plain.exists() else folder / f"{stem}.gz")
+
+
+def load_fashion_mnist(root: str | None = None, download: bool = True) -> DataBundle:
+    """Fashion-MNIST 60k/10k 28x28 from QUANTSEARCH_DATA, the Debian package or torchvision."""
+    folder = _find_fashion_dir(root)
+    if folder is None:
+        if not download:
+            raise DataError(
+                "Fashion-MNIST not found; install it with `apt-get install -y dataset-fashion-mnist` "
+                "or set QUANTSEARCH_DATA to a folder holding the IDX files"
+            )
+        folder = _download_fashion(Path.home() / ".cache" / "quantsearch" / "fashion-mnist")
+    arrays = {k: _idx(folder, v) for k, v in FASHION_FILES.items()}
+    for split in ("train", "test"):
+        img, lab = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if img.ndim != 3 or img.shape[1:] != (28, 28) or len(img) != len(lab) or lab.max() > 9:
+            raise DataError(f"Fashion-MNIST {split} files in {folder} are inconsistent; reinstall them")
+
+    def wrap(img: np.ndarray, lab: np.ndarray) -> ArrayData:
+        return ArrayData(torch.from_numpy(img.copy()).unsqueeze(1), torch.from_numpy(lab.astype(np.int64)))
+
+    return DataBundle(
+        name="fashion-mnist",
+        train=wrap(arrays["train_images"], arrays["train_labels"]),
+        test=wrap(arrays["test_images"], arrays["test_labels"]),
+        num_classes=10,
+        mean=0.2860,
+        std=0.3530,
+        hflip=True,
+        source=str(folder),
+    )
+
+
+def load_digits_data(root: str | None = None, download: bool = True) -> DataBundle:
+    """sklearn's bundled 8x8 digits (1,797 images), upsampled to 16x16; a fixed 80/20 split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    imgs = np.clip(d.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    imgs = imgs.repeat(2, axis=1).repeat(2, axis=2)
+    perm = np.random.default_rng(0).permutation(len(imgs))
+    n_test = len(imgs) // 5
+    test_idx, train_idx = perm[:n_test], perm[n_test:]
+    t_img = torch.from_numpy(imgs).unsqueeze(1)
+    t_lab = torch.from_numpy(d.target.astype(np.int64))
+    return DataBundle(
+        name="digits",
+        train=ArrayData(t_img[train_idx].contiguous(), t_lab[train_idx].contiguous()),
+        test=ArrayData(t_img[test_idx].contiguous(), t_lab[test_idx].contiguous()),
+        num_classes=10,
+        mean=float(imgs.mean() / 255.0),
+        std=float(imgs.std() / 255.0),
+        hflip=False,
+        source="sklearn.datasets.load_digits",
+    )
+
+
+def make_synthetic(n_train: int = 1024, n_test: int = 256, num_classes: int = 4, size: int = 16,
+                   seed: int = 0) -> DataBundle:
+    """A seeded, learnable set: each class is a fixed random template plus per-image noise."""
+    gen = torch.Generator().manual_seed(seed)
+    templates = torch.rand(num_classes, 1, size, size, generator=gen)
+
+    def draw(n: int) -> ArrayData:
+        labels = torch.randint(0, num_classes, (n,), generator=gen)
+        noise = 0.35 * torch.randn(n, 1, size, size, generator=gen)
+        imgs = (templates[labels] + noise).clamp(0, 1)
+        return ArrayData((imgs * 255).round().to(torch.uint8), labels)
+
+    train, test = draw(n_train), draw(n_test)
+    return DataBundle("synthetic", train, test, num_classes, 0.5, 0.3, False, f"synthetic(seed={seed})")
+
+
+DATASETS: dict[str, Callable[..., DataBundle]] = {
+    "fashion-mnist": load_fashion_mnist,
+    "digits": load_digits_data,
+    "synthetic": lambda root=None, download=True: make_synthetic(),
+}
+
+
+def load_dataset(name: str, root: str | None = None, download: bool = True) -> DataBundle:
+    """Load a registered dataset by name; unknown names raise DataError with a suggestion."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset '{name}'{suggest(name, DATASETS)}; choose from {sorted(DATASETS)}")
+    return DATASETS[name](root=root, download=download)

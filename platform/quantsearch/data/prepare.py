@@ -1,0 +1,39 @@
+"""Turn a job's DataSpec into the train / val / test sets every stage uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quantsearch.config import DataSpec
+from quantsearch.data.datasets import ArrayData, DataBundle, load_dataset
+from quantsearch.data.splits import split_train_val, take
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """The dataset plus its deterministic train / val split and (possibly limited) test set."""
+
+    bundle: DataBundle
+    train: ArrayData
+    val: ArrayData
+    test: ArrayData
+
+    @property
+    def mean(self) -> float:
+        """Normalisation mean."""
+        return self.bundle.mean
+
+    @property
+    def std(self) -> float:
+        """Normalisation std."""
+        return self.bundle.std
+
+
+def prepare_data(spec: DataSpec) -> PreparedData:
+    """Load the dataset, split train/val with split_seed, apply train/test limits."""
+    bundle = load_dataset(spec.name, spec.root)
+    val_size = min(spec.val_size, len(bundle.train) // 5)
+    train, val = split_train_val(bundle.train, val_size, spec.split_seed)
+    train = take(train, spec.train_limit, spec.split_seed)
+    test = take(bundle.test, spec.test_limit, spec.split_seed)
+    return PreparedData(bundle, train, val, test)

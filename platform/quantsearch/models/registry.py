@@ -1,0 +1,76 @@
+"""Create models by name; `tv:<name>` adapts any torchvision classifier's stem and head to the data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from quantsearch._util import suggest
+from quantsearch.errors import ModelError
+from quantsearch.models.mobilenet import CompactMobileNetV2
+from quantsearch.models.resnet import CompactResNet
+
+_REFERENCE: dict[str, tuple[Callable[[int, int], nn.Module], str]] = {
+    "resnet8": (lambda nc, ic: CompactResNet(nc, ic), "compact ResNet, 3 stages x 1 block, 16/32/64"),
+    "resnet14": (lambda nc, ic: CompactResNet(nc, ic, blocks=2), "compact ResNet, 3 stages x 2 blocks"),
+    "mobilenetv2-tiny": (lambda nc, ic: CompactMobileNetV2(nc, ic), "compact MobileNetV2, depthwise convs"),
+}
+
+
+def _torchvision_names() -> list[str]:
+    from torchvision import models as tvm
+
+    return sorted(tvm.list_models(module=tvm))
+
+
+def list_models(include_torchvision: bool = True) -> dict[str, str]:
+    """Names of creatable models with a one-line description."""
+    out = {name: desc for name, (_, desc) in _REFERENCE.items()}
+    if include_torchvision:
+        for name in _torchvision_names():
+            out[f"tv:{name}"] = "torchvision classifier, stem/head adapted to the data"
+    return out
+
+
+def _adapt_stem(model: nn.Module, in_channels: int) -> None:
+    for parent in model.modules():
+        for cname, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                if child.in_channels != in_channels:
+                    setattr(parent, cname, nn.Conv2d(
+                        in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
+                        child.dilation, child.groups if child.groups == 1 else in_channels,
+                        child.bias is not None, child.padding_mode))
+                return
+
+
+def create(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    """Build a model for `num_classes` classes and `in_channels`-channel images (random weights)."""
+    if name in _REFERENCE:
+        return _REFERENCE[name][0](num_classes, in_channels)
+    if name.startswith("tv:"):
+        tv_name = name[3:]
+        names = _torchvision_names()
+        if tv_name not in names:
+            raise ModelError(f"unknown torchvision model '{tv_name}'{suggest(tv_name, names)}; "
+                             "see `quantsearch models list`")
+        from torchvision import models as tvm
+
+        kwargs: dict[str, object] = {"weights": None, "num_classes": num_classes}
+        if tv_name.startswith(("inception", "googlenet")):
+            kwargs["aux_logits"] = False
+            kwargs["init_weights"] = True
+        try:
+            model = tvm.get_model(tv_name, **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"torchvision model '{tv_name}' cannot be built as a classifier: {exc}") from exc
+        _adapt_stem(model, in_channels)
+        return model
+    known = list(_REFERENCE) + [f"tv:{n}" for n in _torchvision_names()]
+    raise ModelError(f"unknown model '{name}'{suggest(name, known)}; see `quantsearch models list`")
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

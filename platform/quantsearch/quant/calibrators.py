@@ -1,0 +1,101 @@
+"""Calibrators: turn observed values into a scale (and offset) for a form.
+
+Every calibrator answers `scale_offset(x, form, nonneg)`: x is the tensor to quantize (weights: [C_out, ...];
+activations: a flat sample of observed values). It returns scale [C] or [1] and zero point (grid units,
+real) of the same shape, or None for symmetric forms. DQSS registers KL, EasyQuant and ADMM here too.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from quantsearch.quant.fakequant import fake_quant
+from quantsearch.quant.forms import QuantForm, grid_for
+
+EPS = 1e-8
+
+
+def _rows(x: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """View x as [rows, elements]: one row per channel, or one row."""
+    x = x.detach().float()
+    return x.reshape(x.shape[0], -1) if per_channel else x.reshape(1, -1)
+
+
+def range_to_qparams(lo: torch.Tensor, hi: torch.Tensor, form: QuantForm, nonneg: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scale/zero point from a clip range: symmetric uses max(|lo|, |hi|); affine maps [lo, hi] onto the grid."""
+    qmin, qmax = grid_for(form, nonneg)
+    if form.symmetric:
+        t = torch.maximum(lo.abs(), hi.abs()) if not nonneg else hi.clamp_min(0)
+        return (t / qmax).clamp_min(EPS), None
+    scale = ((hi - lo) / (qmax - qmin)).clamp_min(EPS)
+    return scale, qmin - lo / scale
+
+
+class Calibrator(ABC):
+    """Computes quantization parameters for a tensor in a given form."""
+
+    name: str = "base"
+
+    @abstractmethod
+    def scale_offset(self, x: torch.Tensor, form: QuantForm, nonneg: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return (scale, zero_point or None), each of shape [C] (per-channel) or [1]."""
+
+
+class MaxAbsCalibrator(Calibrator):
+    """Clip at the observed extremes: max|x| (symmetric) or [min, max] (affine), per channel for weights."""
+
+    name = "maxabs"
+
+    def scale_offset(self, x: torch.Tensor, form: QuantForm, nonneg: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """MaxAbs scale (and affine offset)."""
+        rows = _rows(x, form.per_channel)
+        return range_to_qparams(rows.amin(1).clamp_max(0), rows.amax(1).clamp_min(0), form, nonneg)
+
+
+class MSECalibrator(Calibrator):
+    """Search the clip range max*(1 - 0.01 i), i < steps, minimising mean |x - Q(x)|^p (EQ-Net's init)."""
+
+    name = "mse"
+
+    def __init__(self, steps: int = 80, p: float = 2.0, max_elements: int = 1 << 16) -> None:
+        self.steps, self.p, self.max_elements = steps, p, max_elements
+
+    def scale_offset(self, x: torch.Tensor, form: QuantForm, nonneg: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Best clip range by grid search, vectorised over channels."""
+        rows = _rows(x, form.per_channel)
+        if rows.shape[1] > self.max_elements:  # a deterministic strided sample keeps it fast
+            rows = rows[:, :: -(-rows.shape[1] // self.max_elements)]
+        lo, hi = rows.amin(1).clamp_max(0), rows.amax(1).clamp_min(0)
+        qmin, qmax = grid_for(form, nonneg)
+        best_err = torch.full_like(lo, float("inf"))
+        best_s, best_z = torch.ones_like(lo), torch.zeros_like(lo)
+        for i in range(self.steps):
+            a = 1.0 - 0.01 * i
+            s, z = range_to_qparams(lo * a, hi * a, form, nonneg)
+            xq = fake_quant(rows, s[:, None], None if z is None else z[:, None], qmin, qmax)
+            err = (rows - xq).abs().pow(self.p).mean(1)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_s = torch.where(better, s, best_s)
+            if z is not None:
+                best_z = torch.where(better, z, best_z)
+        return best_s, (None if form.symmetric else best_z)
+
+
+CALIBRATORS: dict[str, type[Calibrator]] = {"maxabs": MaxAbsCalibrator, "mse": MSECalibrator}
+
+
+def get_calibrator(name: str) -> Calibrator:
+    """Instantiate a registered calibrator by name."""
+    if name not in CALIBRATORS:
+        from quantsearch._util import suggest
+        from quantsearch.errors import ConfigError
+
+        raise ConfigError(f"unknown calibrator '{name}'{suggest(name, CALIBRATORS)}; choose from {sorted(CALIBRATORS)}")
+    return CALIBRATORS[name]()

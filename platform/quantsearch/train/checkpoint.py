@@ -1,0 +1,39 @@
+"""Checkpoints with a format version, written atomically and loaded with weights_only=True."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from quantsearch._util import atomic_torch_save
+from quantsearch.errors import CheckpointError
+
+FORMAT = "quantsearch-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Save `payload` plus format/version keys; never leaves a half-written file."""
+    atomic_torch_save(path, {"format": FORMAT, "version": VERSION, **payload})
+
+
+def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint safely; raise CheckpointError if missing, corrupt, foreign or of the wrong kind."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; train one with `quantsearch train`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... on bad files
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({type(exc).__name__}); "
+                              "retrain or restore it") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a quantsearch checkpoint")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(f"{path} has format version {ckpt.get('version')}; this quantsearch reads "
+                              f"version {VERSION}: retrain with this version")
+    if kind is not None and ckpt.get("kind") != kind:
+        raise CheckpointError(f"{path} is a '{ckpt.get('kind')}' checkpoint, expected '{kind}'")
+    return ckpt
