@@ -69,9 +69,10 @@ class MSECalibrator(Calibrator):
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Best clip range by grid search, vectorised over channels."""
         rows = _rows(x, form.per_channel)
-        if rows.shape[1] > self.max_elements:  # a deterministic strided sample keeps it fast
-            rows = rows[:, :: -(-rows.shape[1] // self.max_elements)]
         lo, hi = rows.amin(1).clamp_max(0), rows.amax(1).clamp_min(0)
+        per_row = max(self.max_elements // rows.shape[0], 64)
+        if rows.shape[1] > per_row:  # the error is estimated on a deterministic strided sample
+            rows = rows[:, :: -(-rows.shape[1] // per_row)]
         qmin, qmax = grid_for(form, nonneg)
         best_err = torch.full_like(lo, float("inf"))
         best_s, best_z = torch.ones_like(lo), torch.zeros_like(lo)

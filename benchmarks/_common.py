@@ -1,0 +1,36 @@
+"""Shared by the benchmark scripts: machine facts and writing results/<name>.json."""
+
+from __future__ import annotations
+
+import os
+import platform as _platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "platform"))
+
+from quantsearch._util import atomic_write_json  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = ROOT / "runs" / "bench"
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    return {"cpu": _platform.processor() or _platform.machine(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": sys.version.split()[0],
+            "cuda": torch.cuda.is_available()}
+
+
+def write_result(name: str, payload: dict[str, Any]) -> Path:
+    """Write benchmarks/results/<name>.json with the machine, the command and a timestamp."""
+    out = RESULTS / f"{name}.json"
+    atomic_write_json(out, {"benchmark": name, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                            "machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%S"), **payload})
+    print(f"wrote {out.relative_to(ROOT)}")
+    return out

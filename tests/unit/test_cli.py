@@ -1,0 +1,84 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quantsearch import __version__
+from quantsearch.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(args, capsys):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_and_version_via_python_m():
+    r = subprocess.run([sys.executable, "-m", "quantsearch", "--version"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and __version__ in r.stdout
+    r = subprocess.run([sys.executable, "-m", "quantsearch", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "train" in r.stdout and "qat" in r.stdout
+
+
+def test_models_profiles_data_info(capsys):
+    code, out, _ = run(["models", "list", "--reference-only"], capsys)
+    assert code == 0 and "resnet8" in out and "tv:" not in out
+    code, out, _ = run(["profiles", "list"], capsys)
+    assert code == 0 and "tflite-int8" in out
+    code, out, _ = run(["data", "info", "--data", "synthetic"], capsys)
+    assert code == 0 and "classes      4" in out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--modle", "x", "--out", "OUT"], "unrecognized arguments"),
+    (["train", "--model", "resnet9", "--data", "synthetic", "--out", "OUT"], "did you mean 'resnet8'"),
+    (["train", "--data", "fashion", "--out", "OUT"], "did you mean 'fashion-mnist'"),
+    (["train", "--epochs", "0", "--data", "synthetic", "--out", "OUT"], "training.epochs"),
+    (["train", "--set", "training.epoch=2", "--out", "OUT"], "did you mean 'epochs'"),
+    (["eval", "--checkpoint", "OUT/none.pt"], "does not exist"),
+    (["qat", "--config", "uniform:W9A9", "--checkpoint", "OUT/none.pt", "--out", "OUT"], "does not exist"),
+])
+def test_bad_arguments_one_line_exit_2_nothing_written(tmp_path, argv, needle):
+    out = tmp_path / "out"
+    argv = [a.replace("OUT", str(out)) for a in argv]
+    r = subprocess.run([sys.executable, "-m", "quantsearch", *argv], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_validate(tmp_path, capsys):
+    code, out, _ = run(["validate", str(ROOT / "jobs" / "demo.yaml")], capsys)
+    assert code == 0 and "stages: fp32, qat" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("modle:\n  name: resnet8\n")
+    code, _, err = run(["validate", str(bad)], capsys)
+    assert code == 2 and "did you mean 'model'" in err
+
+
+def test_train_eval_qat_end_to_end_on_synthetic(tmp_path, capsys):
+    fp = tmp_path / "fp32"
+    code, out, _ = run(["train", "--model", "resnet8", "--data", "synthetic", "--epochs", "2", "--out", str(fp),
+                        "--quiet", "--set", "training.batch_size=64"], capsys)
+    assert code == 0 and (fp / "model.pt").exists()
+    fp_acc = json.loads((fp / "metrics.json").read_text())["test_acc"]
+    assert fp_acc > 0.8
+    code, out, _ = run(["eval", "--checkpoint", str(fp / "model.pt")], capsys)
+    assert code == 0 and f"{100 * fp_acc:.2f}%" in out
+    q = tmp_path / "qat"
+    code, out, _ = run(["qat", "--config", "uniform:W4A4", "--checkpoint", str(fp / "model.pt"), "--out", str(q),
+                        "--epochs", "1", "--calib-images", "128", "--quiet"], capsys)
+    assert code == 0, out
+    m = json.loads((q / "metrics.json").read_text())
+    assert m["test_acc"] > 0.7 and m["config"] == "uniform:W4A4"
+    code, out, _ = run(["eval", "--checkpoint", str(q / "model.pt")], capsys)
+    assert code == 0 and f"{100 * m['test_acc']:.2f}%" in out and "qat" in out
+    # a config the profile cannot deploy is refused before anything is written
+    code, _, err = run(["qat", "--config", "uniform:W4A4", "--profile", "tensorrt-int8", "--checkpoint",
+                        str(fp / "model.pt"), "--out", str(tmp_path / "trt")], capsys)
+    assert code == 2 and "tensorrt-int8" in err and not (tmp_path / "trt").exists()

@@ -1,0 +1,141 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quantsearch.quant import QuantForm, fake_quant, grid_for, int_grid, lsq_grad_factor
+from quantsearch.quant.quantizer import ElasticQuantizer
+
+bits_st = st.integers(2, 8)
+seed_st = st.integers(0, 2**31 - 1)
+
+
+def _x(seed, shape=(4, 3, 5, 5), scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g) * scale
+
+
+@settings(max_examples=60, deadline=None)
+@given(bits=bits_st, seed=seed_st, s=st.floats(0.01, 2.0), zp=st.floats(-20, 20), signed=st.booleans())
+def test_on_grid_in_range_idempotent(bits, seed, s, zp, signed):
+    qmin, qmax = int_grid(bits, signed)
+    x = _x(seed)
+    scale, z = torch.tensor(s), torch.tensor(zp)
+    y = fake_quant(x, scale, z, qmin, qmax)
+    k = y / scale + z  # back to the integer grid
+    assert torch.allclose(k, k.round(), atol=1e-3)
+    assert k.min() >= qmin - 1e-3 and k.max() <= qmax + 1e-3
+    assert torch.allclose(fake_quant(y, scale, z, qmin, qmax), y, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(bits=bits_st, seed=seed_st, s=st.floats(0.01, 1.0))
+def test_per_channel_equals_per_tensor_when_scales_equal(bits, seed, s):
+    qmin, qmax = int_grid(bits, True)
+    x = _x(seed)
+    pc = fake_quant(x, torch.full((4, 1, 1, 1), s), None, qmin, qmax)
+    pt = fake_quant(x, torch.tensor(s), None, qmin, qmax)
+    assert torch.equal(pc, pt)
+
+
+@settings(max_examples=80, deadline=None)
+@given(bits=bits_st, seed=seed_st, s=st.floats(1e-3, 2.0), zp=st.integers(-10, 10), signed=st.booleans())
+def test_oracle_torch_fake_quantize_per_tensor(bits, seed, s, zp, signed):
+    qmin, qmax = int_grid(bits, signed)
+    zp = min(max(zp, qmin), qmax)  # torch requires qmin <= zero_point <= qmax
+    x = _x(seed)
+    s32 = torch.tensor(s, dtype=torch.float32)
+    ours = fake_quant(x, s32, torch.tensor(float(zp)), qmin, qmax)
+    ref = torch.fake_quantize_per_tensor_affine(x, float(s32), zp, qmin, qmax)
+    assert torch.equal(ours, ref)
+    ours_sym = fake_quant(x, s32, None, qmin, qmax)
+    assert torch.equal(ours_sym, torch.fake_quantize_per_tensor_affine(x, float(s32), 0, qmin, qmax))
+
+
+@settings(max_examples=80, deadline=None)
+@given(bits=bits_st, seed=seed_st, signed=st.booleans())
+def test_oracle_torch_fake_quantize_per_channel(bits, seed, signed):
+    qmin, qmax = int_grid(bits, signed)
+    g = torch.Generator().manual_seed(seed)
+    x = _x(seed)
+    scale = torch.rand(4, generator=g) * 0.5 + 0.01
+    zp = torch.randint(qmin, qmax + 1, (4,), generator=g)
+    ours = fake_quant(x, scale.reshape(-1, 1, 1, 1), zp.float().reshape(-1, 1, 1, 1), qmin, qmax)
+    ref = torch.fake_quantize_per_channel_affine(x, scale, zp.to(torch.int32), 0, qmin, qmax)
+    assert torch.equal(ours, ref)
+
+
+def test_negative_offset_is_allowed_and_helps():
+    # a negatively centred channel: the EQ-Net release's abs() on the offset made this ~90x worse
+    x = torch.linspace(-3.0, -1.0, 1001)
+    qmin, qmax = int_grid(4, False)
+    s = torch.tensor(2.0 / 15)
+    zp = torch.tensor(qmin - (-3.0) / float(s))  # offset z = -zp*s = -3 (negative)
+    good = ((fake_quant(x, s, zp, qmin, qmax) - x) ** 2).mean()
+    clipped = ((fake_quant(x, s, zp.abs() * 0, qmin, qmax) - x) ** 2).mean()
+    assert zp > 0 and good < clipped / 50
+
+
+def test_gradients_ste_and_clipping():
+    qmin, qmax = int_grid(4, True)
+    x = torch.tensor([-5.0, -0.26, 0.13, 0.49, 5.0], requires_grad=True)
+    s = torch.tensor(0.1, requires_grad=True)
+    y = fake_quant(x, s, None, qmin, qmax)
+    y.sum().backward()
+    # in range: d/dx = 1 (STE); clipped: 0
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
+    # LSQ d/ds: clipped -> qmin / qmax; in range -> round(x/s) - x/s
+    u = torch.tensor([-0.26, 0.13, 0.49]) / 0.1
+    expected = qmin + qmax + float((u.round() - u).sum())
+    assert s.grad.item() == pytest.approx(expected, abs=1e-4)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=seed_st, bits=bits_st)
+def test_scale_and_offset_gradients_match_finite_differences_where_defined(seed, bits):
+    # Where every element is clipped the function is smooth in s and zp: autograd must equal finite differences.
+    qmin, qmax = int_grid(bits, False)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cat([torch.rand(8, generator=g) + 50, -torch.rand(8, generator=g) - 50]).double()
+    s = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
+    zp = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: fake_quant(x, a, b, qmin, qmax), (s, zp), eps=1e-6, atol=1e-5)
+
+
+def test_ste_gradient_matches_surrogate_finite_difference():
+    # In range, round is treated as identity: d x_q / d x = 1, as the finite difference of the surrogate.
+    qmin, qmax = int_grid(8, True)
+    x = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
+    fake_quant(x, torch.tensor(0.01, dtype=torch.float64), None, qmin, qmax).sum().backward()
+    surrogate = lambda v: torch.clamp(v / 0.01, qmin, qmax) * 0.01  # noqa: E731
+    h = 1e-6
+    fd = (surrogate(torch.tensor(0.3 + h, dtype=torch.float64))
+          - surrogate(torch.tensor(0.3 - h, dtype=torch.float64))) / (2 * h)
+    assert x.grad.item() == pytest.approx(float(fd), rel=1e-6)
+
+
+def test_lsq_gradient_scale_per_channel_and_per_tensor():
+    w = torch.randn(6, 3, 3, 3)
+    q = ElasticQuantizer("weight", 6)
+    q.calibrate(w)
+    g_out = torch.randn_like(w)
+    # raw gradient without scaling, from the plain formula
+    form_pc, form_pt = QuantForm(4, "per_channel", True), QuantForm(4, "per_tensor", True)
+    q.set_form(form_pc)
+    q.zero_grad()
+    q(w).backward(g_out)
+    g_pc = q.scale_pc_sym.grad[:, 2].clone()
+    s = q.scale_pc_sym.detach()[:, 2].clone().requires_grad_(True)
+    qmin, qmax = grid_for(form_pc, False)
+    fake_quant(w, s.reshape(-1, 1, 1, 1), None, qmin, qmax).backward(g_out)
+    assert torch.allclose(g_pc, s.grad * lsq_grad_factor(27, qmax), rtol=1e-5)
+    q.set_form(form_pt)
+    q.zero_grad()
+    q(w).backward(g_out)
+    g_pt = q.scale_pt_sym.grad[:, 2].clone()
+    s1 = q.scale_pt_sym.detach()[:, 2].clone().requires_grad_(True)
+    fake_quant(w, s1.reshape(()), None, qmin, qmax).backward(g_out)
+    assert torch.allclose(g_pt, s1.grad * lsq_grad_factor(w.numel(), qmax), rtol=1e-5)
+    assert lsq_grad_factor(27, 7) == pytest.approx(1 / math.sqrt(27 * 7))
