@@ -139,3 +139,42 @@ def test_lsq_gradient_scale_per_channel_and_per_tensor():
     fake_quant(w, s1.reshape(()), None, qmin, qmax).backward(g_out)
     assert torch.allclose(g_pt, s1.grad * lsq_grad_factor(w.numel(), qmax), rtol=1e-5)
     assert lsq_grad_factor(27, 7) == pytest.approx(1 / math.sqrt(27 * 7))
+
+
+@settings(max_examples=60, deadline=None)
+@given(bits=bits_st, seed=seed_st, per_channel=st.booleans(), asym=st.booleans(), signed=st.booleans())
+def test_fused_function_matches_autograd_reference(bits, seed, per_channel, asym, signed):
+    from quantsearch.quant.fakequant import fake_quant_reference
+
+    qmin, qmax = int_grid(bits, signed)
+    g = torch.Generator().manual_seed(seed)
+    x = _x(seed)
+    shape = (4, 1, 1, 1) if per_channel else ()
+    s0 = (torch.rand(shape, generator=g) * 0.5 + 0.05)
+    z0 = (torch.randn(shape, generator=g) * 3) if asym else None
+    gout = torch.randn(x.shape, generator=g)
+    results = []
+    for fn in (fake_quant, fake_quant_reference):
+        xs = x.clone().requires_grad_(True)
+        s = s0.clone().requires_grad_(True)
+        z = z0.clone().requires_grad_(True) if z0 is not None else None
+        out = fn(xs, s, z, qmin, qmax)
+        out.backward(gout)
+        results.append((out.detach(), xs.grad, s.grad, None if z is None else z.grad))
+    (o1, gx1, gs1, gz1), (o2, gx2, gs2, gz2) = results
+    assert torch.allclose(o1, o2, atol=1e-6)
+    assert torch.allclose(gx1, gx2, atol=1e-6)  # the reference chains x*(1/s)*s: equal up to rounding
+    assert torch.allclose(gs1, gs2, rtol=1e-4, atol=1e-4)
+    if gz1 is not None:
+        assert torch.allclose(gz1, gz2, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(bits=bits_st, seed=seed_st, signed=st.booleans())
+def test_input_gradient_mask_matches_torch(bits, seed, signed):
+    qmin, qmax = int_grid(bits, signed)
+    x = _x(seed).requires_grad_(True)
+    fake_quant(x, torch.tensor(0.3), None, qmin, qmax).sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    torch.fake_quantize_per_tensor_affine(x2, 0.3, 0, qmin, qmax).sum().backward()
+    assert torch.equal(x.grad, x2.grad)
