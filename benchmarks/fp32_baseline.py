@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 
 from _common import RUNS, write_result
-
 from quantsearch.config import JobSpec
 from quantsearch.data import prepare_data
 from quantsearch.train import train_fp32

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 
 from _common import RUNS, write_result
-
 from quantsearch.config import JobSpec
 from quantsearch.data import prepare_data
 from quantsearch.train import evaluate, load_checkpoint, load_model, train_fp32, train_qat

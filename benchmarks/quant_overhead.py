@@ -12,7 +12,6 @@ import time
 
 import torch
 from _common import write_result
-
 from quantsearch.models import create
 from quantsearch.quant import QuantForm, QuantPolicy, calibrate_model, convert
 from quantsearch.quant.quantizer import ElasticQuantizer
@@ -81,7 +80,8 @@ def main() -> None:
         "fp32_step_ms": 1e3 * t_fp32, "w4a4_step_ms": 1e3 * t_q, "step_ratio": ratio, "step_target": "<= 1.5",
         "step_target_met": ratio <= 1.5,
         "fakequant_tensor": list(big.shape), "ours_ms": 1e3 * t_ours, "torch_ms": 1e3 * t_torch,
-        "throughput_ratio": throughput_ratio, "throughput_target": ">= 0.8", "throughput_target_met": throughput_ratio >= 0.8,
+        "throughput_ratio": throughput_ratio, "throughput_target": ">= 0.8",
+        "throughput_target_met": throughput_ratio >= 0.8,
     })
 
 

@@ -115,9 +115,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate a job spec."""
     from quantsearch.config import load_job
+    from quantsearch.pipeline import configured_stages
 
     spec = load_job(args.job, args.set or [])
-    stages = ["fp32"] + (["qat"] if spec.qat else [])
+    stages = configured_stages(spec)
     print(f"{args.job}: valid job '{spec.name}' ({spec.model.name} on {spec.data.name}; stages: {', '.join(stages)})")
     return 0
 
@@ -151,6 +152,20 @@ def cmd_qat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_supernet_train(args: argparse.Namespace) -> int:
+    """Train the EQ-Net supernet (FP32 first if its checkpoint is missing), locally or on Ray Train."""
+    from quantsearch.config import SupernetSpec, load_job
+    from quantsearch.pipeline import run_job
+
+    spec = load_job(args.job, args.set or [])
+    if spec.supernet is None:
+        spec = spec.model_copy(update={"supernet": SupernetSpec()})
+    workers = 0 if args.local else args.workers
+    run_job(spec, progress=not args.quiet, stages=["fp32", "supernet"], workers=workers,
+            use_gpu=True if args.gpu else None, address=args.address)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = _Parser(prog="quantsearch", description="Find how to quantize a CNN for a target, and prove it on real data.")
@@ -162,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("job", help="YAML job spec")
         else:
             sp.add_argument("--job", help="YAML job spec to start from")
-        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field, e.g. training.epochs=2")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a spec field, e.g. training.epochs=2")
 
     models = sub.add_parser("models", help="model registry").add_subparsers(dest="action", required=True,
                                                                               parser_class=_Parser)
@@ -225,6 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     qa.add_argument("--quiet", action="store_true")
     job_opts(qa)
     qa.set_defaults(func=cmd_qat)
+    sn = sub.add_parser("supernet", help="EQ-Net elastic supernet").add_subparsers(dest="action", required=True,
+                                                                                   parser_class=_Parser)
+    st = sn.add_parser("train", help="train the supernet (sandwich + WDR + GPG), print the uniform table")
+    job_opts(st, positional=True)
+    st.add_argument("--workers", type=int, default=None, help="Ray Train workers (0: in-process, no Ray)")
+    st.add_argument("--local", action="store_true", help="same as --workers 0")
+    st.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    st.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    st.add_argument("--quiet", action="store_true")
+    st.set_defaults(func=cmd_supernet_train)
     return p
 
 

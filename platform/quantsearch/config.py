@@ -65,6 +65,41 @@ class QATSpec(_Strict):
     checkpoint: str | None = Field(None, description="FP32 checkpoint; default: <output_dir>/fp32/model.pt")
 
 
+class SupernetSpec(_Strict):
+    """EQ-Net supernet training: sandwich sampling, WDR and GPG losses, BN recalibration, Ray Train."""
+
+    profile: str = Field("generic", description="backend profile the elastic space is built from")
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(128, ge=1, description="per worker")
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(5e-4, gt=0, description="weights")
+    scale_lr: float = Field(1e-3, gt=0, description="quantizer scales and offsets")
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    n_random: int = Field(2, ge=0, description="random subnets per step between max and min")
+    train_images: int | None = Field(None, ge=1, description="train on a seeded subset of the train split")
+    wdr: bool = True
+    wdr_kurt_weight: float = Field(0.015, ge=0)
+    wdr_skew_weight: float = Field(1.0, ge=0)
+    gpg: bool = True
+    gpg_lambda: float = Field(0.5, ge=0, le=1)
+    temperature: float = Field(1.0, gt=0)
+    grad_clip: float | None = Field(1.0, gt=0, description="clip gradients by value (EQ-Net release); null: off")
+    calib_images: int = Field(1024, ge=1, description="images for the MSE clip-range initialisation")
+    init_calibrator: Literal["mse", "maxabs"] = Field("mse", description="how every scale table is initialised")
+    bn_images: int = Field(2048, ge=1, description="images for BN recalibration before measuring a subnet")
+    checkpoint: str | None = Field(None, description="FP32 checkpoint; default <output_dir>/fp32/model.pt")
+    table_bits: list[int] = Field(default_factory=lambda: [8, 6, 4, 3, 2])
+    table_forms: Literal["first", "all"] = Field("first", description="uniform table: the profile's first "
+                                                  "network-wide form, or every one")
+    workers: int = Field(0, ge=0, description="Ray Train workers; 0 runs in-process without Ray")
+    use_gpu: bool = False
+    run_name: str | None = Field(None, description="Ray run name; the same name resumes; default <job name>")
+    storage_path: str | None = Field(None, description="Ray storage; default <output_dir>/ray")
+    max_failures: int = Field(1, ge=0)
+    num_to_keep: int = Field(2, ge=1)
+
+
 class JobSpec(_Strict):
     """A whole job: which data and model, how to train, where results go."""
 
@@ -76,6 +111,7 @@ class JobSpec(_Strict):
     model: ModelSpec = ModelSpec()
     training: TrainingSpec = TrainingSpec()
     qat: QATSpec | None = None
+    supernet: SupernetSpec | None = None
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:

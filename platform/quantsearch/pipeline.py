@@ -1,4 +1,4 @@
-"""Run a job spec's stages in order: FP32 training, then (if configured) LSQ QAT; print a results table."""
+"""Run a job spec's stages in order (FP32 -> QAT baseline -> supernet), tracked in one MLflow parent run."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from rich.console import Console
 from rich.table import Table
 
 from quantsearch._util import atomic_write_json
-from quantsearch.config import JobSpec
-from quantsearch.data import prepare_data
+from quantsearch.config import JobSpec, SupernetSpec
+from quantsearch.data import PreparedData, prepare_data
+from quantsearch.tracking import JobTracker
+
+STAGES = ("fp32", "qat", "supernet")
 
 
 @dataclass(frozen=True)
@@ -24,23 +27,77 @@ class StageRow:
     seconds: float
 
 
-def run_job(spec: JobSpec, progress: bool = True, console: Console | None = None) -> list[StageRow]:
-    """Run every stage the spec configures; write <output_dir>/results.json and return the rows."""
+def configured_stages(spec: JobSpec) -> list[str]:
+    """The stages a spec asks for, in order."""
+    return ["fp32"] + (["qat"] if spec.qat else []) + (["supernet"] if spec.supernet else [])
+
+
+def _supernet_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out: Path, progress: bool,
+                    workers: int, use_gpu: bool, address: str | None) -> list[StageRow]:
+    import time
+
+    from quantsearch.quant import get_profile
+    from quantsearch.space import SearchSpace
+    from quantsearch.supernet import fp32_checkpoint_path, save_table, train_supernet_local, uniform_table
+    from quantsearch.train import load_checkpoint, load_model
+
+    sn = spec.supernet or SupernetSpec()
+    sn_dir = out / "supernet"
+    t0 = time.perf_counter()
+    with tracker.child("supernet", {"supernet": sn.model_dump(), "workers": workers}) as run_id:
+        if workers > 0:
+            from quantsearch.distributed import train_supernet_ray
+
+            res = train_supernet_ray(spec, fp32_checkpoint_path(spec), sn_dir, workers, use_gpu, run_id,
+                                     tracker.uri, address)
+            model = load_model(load_checkpoint(res.checkpoint, kind="supernet"))
+        else:
+            model = train_supernet_local(spec, data, sn_dir, progress,
+                                         on_epoch=lambda m: tracker.log_metrics(m, step=int(m["epoch"]))).model
+        seconds = time.perf_counter() - t0
+        rows = uniform_table(model, SearchSpace.for_model(model, get_profile(sn.profile)), data, sn)
+        paths = save_table(rows, sn_dir)
+        tracker.log_metrics({f"table.{r['config']}.{r['form']}.{k}": float(r[k])  # type: ignore[arg-type]
+                             for r in rows for k in ("val_acc", "test_acc")})
+        for p in (*paths.values(), sn_dir / "supernet.pt"):
+            tracker.log_artifact(p, "supernet")
+    return [StageRow(f"supernet {r['form']}", str(r["config"]), float(r["val_acc"]),  # type: ignore[arg-type]
+                     float(r["test_acc"]), seconds if i == 0 else 0.0) for i, r in enumerate(rows)]  # type: ignore[arg-type]
+
+
+def run_job(spec: JobSpec, progress: bool = True, console: Console | None = None, stages: list[str] | None = None,
+            workers: int | None = None, use_gpu: bool | None = None, address: str | None = None) -> list[StageRow]:
+    """Run the requested (default: configured) stages; write <output_dir>/results.json; return the rows."""
     from quantsearch.train import train_fp32, train_qat
 
     console = console or Console()
+    stages = stages or configured_stages(spec)
+    sn = spec.supernet or SupernetSpec()
+    workers = sn.workers if workers is None else workers
+    use_gpu = sn.use_gpu if use_gpu is None else use_gpu
     out = Path(spec.output_dir)
-    data = prepare_data(spec.data)
-    console.print(f"[bold]{spec.name}[/]: {spec.model.name} on {data.bundle.name} "
-                  f"(train {len(data.train)}, val {len(data.val)}, test {len(data.test)}) -> {out}")
+    tracker = JobTracker(spec)
     rows: list[StageRow] = []
-    fp = train_fp32(spec, data, out / "fp32", progress=progress)
-    rows.append(StageRow("fp32", "FP32", fp.val_acc, fp.test_acc, fp.seconds))
-    if spec.qat is not None:
-        q = train_qat(spec, data, out / "qat", progress=progress)
-        rows.append(StageRow("calibrate (MSE clip)", q.config.summary(), q.ptq_val_acc, float("nan"), 0.0))
-        rows.append(StageRow(f"lsq qat x{q.epochs} ep", q.config.summary(), q.val_acc, q.test_acc, q.seconds))
-    atomic_write_json(out / "results.json", [r.__dict__ for r in rows])
+    with tracker.parent(tags={"profile": sn.profile, "stages": ",".join(stages)}):
+        data = prepare_data(spec.data)
+        console.print(f"[bold]{spec.name}[/]: {spec.model.name} on {data.bundle.name} (train {len(data.train)}, "
+                      f"val {len(data.val)}, test {len(data.test)}) -> {out}; MLflow {tracker.uri}")
+        with tracker.child("fp32"):
+            fp = train_fp32(spec, data, out / "fp32", progress=progress)
+            tracker.log_metrics({"val_acc": fp.val_acc, "test_acc": fp.test_acc, "seconds": fp.seconds})
+        rows.append(StageRow("fp32", "FP32", fp.val_acc, fp.test_acc, fp.seconds))
+        if "qat" in stages and spec.qat is not None:
+            with tracker.child("qat", {"qat": spec.qat.model_dump()}):
+                q = train_qat(spec, data, out / "qat", progress=progress)
+                tracker.log_metrics({"calibrated_val_acc": q.ptq_val_acc, "val_acc": q.val_acc,
+                                     "test_acc": q.test_acc})
+            label = spec.qat.config.replace("uniform:", "")
+            rows.append(StageRow("calibrated (MSE clip)", label, q.ptq_val_acc, float("nan"), 0.0))
+            rows.append(StageRow(f"LSQ QAT {q.epochs} ep", label, q.val_acc, q.test_acc, q.seconds))
+        if "supernet" in stages:
+            rows += _supernet_stage(spec, data, tracker, out, progress, workers, use_gpu, address)
+        atomic_write_json(out / "results.json", [r.__dict__ for r in rows])
+        tracker.log_artifact(out / "results.json")
     console.print(results_table(rows))
     return rows
 
@@ -52,5 +109,5 @@ def results_table(rows: list[StageRow]) -> Table:
         table.add_column(col)
     for r in rows:
         fmt = lambda v: "-" if v != v else f"{100 * v:.2f}"  # noqa: E731 - NaN renders as '-'
-        table.add_row(r.stage, r.config, fmt(r.val_acc), fmt(r.test_acc), f"{r.seconds:.0f}")
+        table.add_row(r.stage, r.config, fmt(r.val_acc), fmt(r.test_acc), f"{r.seconds:.0f}" if r.seconds else "-")
     return table

@@ -26,13 +26,14 @@ def test_wheel_installs_and_runs(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     # reuse the installed dependencies (torch is gigabytes): a .pth adds this venv's site-packages
     # without processing its .pth files, so the editable checkout of quantsearch is not visible
-    site = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    py = str(venv / "bin" / "python")
+    site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
     Path(site, "_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", str(wheels[0])], check=True)
+    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", str(wheels[0])], check=True)
     r = subprocess.run([str(venv / "bin" / "quantsearch"), "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0 and "quantsearch" in r.stdout, r.stderr
-    r = subprocess.run([str(venv / "bin" / "python"), "-c", "import quantsearch, platform; print(quantsearch.__file__); "
+    r = subprocess.run([py, "-c", "import quantsearch, platform; print(quantsearch.__file__); "
                         "print(platform.system())"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert str(venv) in r.stdout.splitlines()[0] and r.stdout.splitlines()[1] == "Linux"

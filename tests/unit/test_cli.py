@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from quantsearch import __version__
 from quantsearch.cli import main
 

@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-
 from quantsearch.config import JobSpec, apply_overrides, load_job, parse_override, validate_spec
 from quantsearch.errors import ConfigError
 

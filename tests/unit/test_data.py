@@ -4,7 +4,6 @@ import struct
 import numpy as np
 import pytest
 import torch
-
 from quantsearch.data import batches, calibration_subsets, load_dataset, split_train_val, take
 from quantsearch.data import datasets as ds
 from quantsearch.data.idx import read_idx

@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from quantsearch.errors import ModelError
 from quantsearch.models import count_params, create, list_models
 

@@ -1,7 +1,5 @@
 import pytest
 import torch
-from torch import nn
-
 from quantsearch.models import create
 from quantsearch.quant import (
     ElasticQuantizer,
@@ -17,6 +15,7 @@ from quantsearch.quant import (
 )
 from quantsearch.quant.forms import LayerConfig
 from quantsearch.space import get_config, model_uniform, set_config
+from torch import nn
 
 
 def test_tables_exist_eagerly_for_every_form():

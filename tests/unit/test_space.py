@@ -1,12 +1,11 @@
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from quantsearch.errors import ConfigError
 from quantsearch.quant import QuantForm, QuantPolicy, convert, get_profile, list_profiles
 from quantsearch.quant.forms import LayerConfig
 from quantsearch.space import SearchSpace, SubnetConfig, layer_costs, parse_uniform, subnet_cost
+from torch import nn
 
 
 def _toy():

@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from quantsearch.config import JobSpec
 from quantsearch.data import PreparedData, split_train_val
 from quantsearch.errors import CheckpointError
@@ -13,8 +12,8 @@ def _prepared(bundle, val=128):
 
 
 def _spec(tmp_path, **training):
-    return JobSpec.model_validate({"model": {"name": "resnet8"}, "output_dir": str(tmp_path),
-                                   "training": {"epochs": 2, "batch_size": 64, "lr": 0.01, "augment": False, **training}})
+    training = {"epochs": 2, "batch_size": 64, "lr": 0.01, "augment": False, **training}
+    return JobSpec.model_validate({"model": {"name": "resnet8"}, "output_dir": str(tmp_path), "training": training})
 
 
 def test_training_learns_synthetic(tmp_path, synthetic):

@@ -2,8 +2,8 @@
 
 from quantsearch.data.datasets import DATASETS, ArrayData, DataBundle, load_dataset
 from quantsearch.data.loader import batches, normalize
-from quantsearch.data.splits import calibration_subsets, split_train_val, take
 from quantsearch.data.prepare import PreparedData, prepare_data
+from quantsearch.data.splits import calibration_subsets, split_train_val, take
 
 __all__ = [
     "DATASETS",

@@ -1,6 +1,12 @@
 """The quantization core: forms, fake-quant maths, calibrators, elastic quantizers, layers, conversion."""
 
-from quantsearch.quant.calibrators import CALIBRATORS, Calibrator, MaxAbsCalibrator, MSECalibrator, get_calibrator
+from quantsearch.quant.calibrators import (
+    CALIBRATORS,
+    Calibrator,
+    MaxAbsCalibrator,
+    MSECalibrator,
+    get_calibrator,
+)
 from quantsearch.quant.convert import (
     QuantPolicy,
     calibrate_model,

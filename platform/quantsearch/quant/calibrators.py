@@ -74,19 +74,13 @@ class MSECalibrator(Calibrator):
         if rows.shape[1] > per_row:  # the error is estimated on a deterministic strided sample
             rows = rows[:, :: -(-rows.shape[1] // per_row)]
         qmin, qmax = grid_for(form, nonneg)
-        best_err = torch.full_like(lo, float("inf"))
-        best_s, best_z = torch.ones_like(lo), torch.zeros_like(lo)
-        for i in range(self.steps):
-            a = 1.0 - 0.01 * i
-            s, z = range_to_qparams(lo * a, hi * a, form, nonneg)
-            xq = fake_quant(rows, s[:, None], None if z is None else z[:, None], qmin, qmax)
-            err = (rows - xq).abs().pow(self.p).mean(1)
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best_s = torch.where(better, s, best_s)
-            if z is not None:
-                best_z = torch.where(better, z, best_z)
-        return best_s, (None if form.symmetric else best_z)
+        alphas = 1.0 - 0.01 * torch.arange(self.steps, dtype=rows.dtype)  # [K]; all candidates at once
+        s, z = range_to_qparams(lo[None] * alphas[:, None], hi[None] * alphas[:, None], form, nonneg)  # [K, R]
+        xq = fake_quant(rows[None], s[..., None], None if z is None else z[..., None], qmin, qmax)  # [K, R, N]
+        err = (rows[None] - xq).abs().pow(self.p).mean(2)  # [K, R]
+        best = err.argmin(0, keepdim=True)  # first minimum: the widest clip among equals
+        scale = s.gather(0, best).squeeze(0)
+        return scale, (None if z is None else z.gather(0, best).squeeze(0))
 
 
 CALIBRATORS: dict[str, type[Calibrator]] = {"maxabs": MaxAbsCalibrator, "mse": MSECalibrator}

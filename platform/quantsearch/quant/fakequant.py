@@ -1,10 +1,13 @@
 """Fake quantization with a straight-through round and LSQ/LSQ+ gradients for scale and offset.
 
-    q   = clamp(round_ste(x / s + zp), qmin, qmax)
-    x_q = (q - zp) * s              (offset z = -zp * s; zp is real, may be negative; symmetric: zp = 0)
+    zq  = round(zp)                            (learnable, real-valued, any sign; STE through the round)
+    q   = clamp(round(x / s) + zq, qmin, qmax)
+    x_q = (q - zq) * s                         (offset z = -zq * s; symmetric forms: zp = 0)
 
-For an integer zp this equals torch.fake_quantize_per_{tensor,channel}_affine bit for bit: the integer
-part of zp is added after rounding, as torch's kernel does.
+The zero point is an integer on the grid in the forward pass (what ONNX QDQ and every int8 runtime
+need) yet may lie outside [qmin, qmax], so a negatively centred tensor keeps its negative offset (the
+EQ-Net release's abs() forbade it). The forward equals torch.fake_quantize_per_{tensor,channel}_affine
+bit for bit; the backward reuses the clip mask saved by the forward.
 """
 
 from __future__ import annotations
@@ -30,85 +33,72 @@ def lsq_grad_factor(n_per_scale: int, qmax: int) -> float:
     return 1.0 / math.sqrt(max(n_per_scale, 1) * max(qmax, 1))
 
 
-def _round_grid(u: torch.Tensor, zero_point: torch.Tensor | None) -> torch.Tensor:
-    """round(u + zp), adding zp's integer part after rounding (bit-exact with torch for integer zp)."""
-    if zero_point is None:
-        return torch.round(u)
-    zi = torch.floor(zero_point)
-    return torch.round(u + (zero_point - zi)) + zi
+def _forward_with_mask(x: torch.Tensor, scale: torch.Tensor, zq: torch.Tensor | None, qmin: int, qmax: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_q, in-range mask) in a few in-place passes (measured faster here than torch's fused CPU kernels)."""
+    r = torch.mul(x, 1.0 / scale)  # x * (1/s), as torch's kernels compute it, so results match bit for bit
+    r.round_()
+    if zq is not None:
+        r.add_(zq)
+    q = torch.clamp(r, qmin, qmax)
+    mask = q == r
+    if zq is not None:
+        q.sub_(zq)
+    return q.mul_(scale), mask
 
 
-def _fused_forward(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor | None:
-    """torch's fused kernels for the symmetric case (zp = 0), or None when the layout does not fit them."""
-    if x.dtype != torch.float32 or scale.dtype != torch.float32:
-        return None
-    if scale.numel() == 1:
-        return torch.fake_quantize_per_tensor_affine(
-            x, scale.reshape(1), torch.zeros(1, dtype=torch.int32), qmin, qmax)
-    if scale.dim() == x.dim() and scale.shape[0] == x.shape[0] and scale[0].numel() == 1:
-        flat = scale.reshape(-1)
-        return torch.fake_quantize_per_channel_affine(
-            x, flat, torch.zeros(flat.numel(), dtype=torch.int32, device=x.device), 0, qmin, qmax)
-    return None
+def _reduce(t: torch.Tensor, other: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """sum(t * other) reduced to `shape` (a dot product when shape is a scalar: no temporary)."""
+    if math.prod(shape) == 1:
+        return torch.dot(t.reshape(-1), other.reshape(-1)).reshape(shape)
+    return (t * other).sum_to_size(shape)
 
 
 class _FakeQuant(torch.autograd.Function):
-    """Forward: fused where torch has a kernel; backward: STE for x, LSQ(+) for scale and offset.
-
-    Only x, scale and zp are saved; the rounding is recomputed in backward instead of keeping the
-    intermediate tensors autograd would store.
-    """
+    """STE for x (zero where clipped), LSQ for the scale, LSQ+ for the (integer) zero point."""
 
     @staticmethod
-    def forward(ctx, x, scale, zero_point, qmin, qmax):  # noqa: ANN001, ANN205
-        out = _fused_forward(x, scale, qmin, qmax) if zero_point is None else None
-        if out is None:
-            q = torch.clamp(_round_grid(x * (1.0 / scale), zero_point), qmin, qmax)
-            out = (q - zero_point) * scale if zero_point is not None else q * scale
-        ctx.save_for_backward(x, scale, zero_point)
-        ctx.qrange = (qmin, qmax)
+    def forward(ctx, x, scale, zq, qmin, qmax):  # noqa: ANN001, ANN205
+        out, mask = _forward_with_mask(x, scale, zq, qmin, qmax)
+        ctx.save_for_backward(x, out, mask, scale)
+        ctx.has_zp = zq is not None
         return out
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
-        x, scale, zero_point = ctx.saved_tensors
-        qmin, qmax = ctx.qrange
-        u = x * (1.0 / scale)
-        r = _round_grid(u, zero_point)
-        inside = (r >= qmin) & (r <= qmax)
-        grad_x = grad * inside if ctx.needs_input_grad[0] else None
+        x, out, mask, scale = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_in = torch.where(mask, grad, 0.0)  # one pass; grad * mask would first cast the mask
         grad_s = grad_z = None
         if ctx.needs_input_grad[1]:
-            zp = 0.0 if zero_point is None else zero_point
-            # d x_q / d s, round treated as identity: in range q - zp - x/s; clipped q - zp
-            ds = torch.where(inside, r - u, torch.clamp(r, qmin, qmax)) - zp
-            grad_s = (grad * ds).sum_to_size(scale.shape)
-        if zero_point is not None and ctx.needs_input_grad[2]:
-            grad_z = (grad * (~inside) * (-scale)).sum_to_size(zero_point.shape)
-        return grad_x, grad_s, grad_z, None, None
+            # d x_q / d s with round as identity: in range (q - zq) - x/s = (x_q - x)/s; clipped x_q/s
+            grad_s = (_reduce(grad, out, scale.shape) - _reduce(grad_in, x, scale.shape)) / scale
+        if ctx.has_zp and ctx.needs_input_grad[2]:
+            # d x_q / d zq: 0 in range, -s where clipped
+            if math.prod(scale.shape) == 1:
+                grad_z = -(grad.sum() - grad_in.sum()).reshape(scale.shape) * scale
+            else:
+                grad_z = -(grad - grad_in).sum_to_size(scale.shape) * scale
+        return grad_in if ctx.needs_input_grad[0] else None, grad_s, grad_z, None, None
 
 
 def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, qmin: int, qmax: int
                ) -> torch.Tensor:
-    """Fake-quantize `x`; `scale`/`zero_point` broadcast against x (e.g. [C,1,1,1] per channel)."""
-    return _FakeQuant.apply(x, scale, zero_point, qmin, qmax)
+    """Fake-quantize `x`; `scale` (> 0) and `zero_point` (grid units, rounded in the forward) broadcast
+    against x, e.g. [C, 1, 1, 1] per channel."""
+    zq = None if zero_point is None else round_ste(zero_point).expand_as(scale)
+    return _FakeQuant.apply(x, scale, zq, qmin, qmax)
 
 
 def fake_quant_reference(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, qmin: int,
                          qmax: int) -> torch.Tensor:
-    """The same maths written with autograd ops only; tests check fake_quant against it.
+    """The same maths with autograd ops only; tests check fake_quant against it.
 
     The clip mask is inclusive on the rounded value, as in torch's fake_quantize backward (torch.clamp's own
     gradient is zero at the bounds, so it is not used for the mask).
     """
-    u = x * (1.0 / scale)
-    if zero_point is None:
-        r = round_ste(u)
-        zp: torch.Tensor | float = 0.0
-    else:
-        zi = torch.floor(zero_point).detach()
-        r = round_ste(u + (zero_point - zi)) + zi
-        zp = zero_point
+    zq: torch.Tensor | float = 0.0 if zero_point is None else round_ste(zero_point)
+    r = round_ste(x * (1.0 / scale)) + zq
     inside = (r.detach() >= qmin) & (r.detach() <= qmax)
     q = torch.where(inside, r, torch.clamp(r.detach(), qmin, qmax))
-    return (q - zp) * scale
+    return (q - zq) * scale

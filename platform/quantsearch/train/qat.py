@@ -113,7 +113,7 @@ def train_qat(spec: JobSpec, data: PreparedData, out_dir: str | Path, progress: 
 
 
 def load_model(ckpt: dict[str, Any]) -> nn.Module:
-    """Rebuild a checkpoint's model: FP32 as trained, or quantized with its config active."""
+    """Rebuild a checkpoint's model: FP32 as trained, QAT with its config active, a supernet in float."""
     if ckpt["kind"] == "fp32":
         return build_model_from_checkpoint(ckpt)
     from quantsearch.models import create
@@ -121,5 +121,6 @@ def load_model(ckpt: dict[str, Any]) -> nn.Module:
     base = create(ckpt["model_name"], ckpt["num_classes"], ckpt["in_channels"])
     qmodel = convert(base, QuantPolicy(), torch.zeros((2, *ckpt["input_shape"])))
     qmodel.load_state_dict(ckpt["state_dict"])
-    set_config(qmodel, SubnetConfig.from_json(ckpt["config"]))
+    if ckpt.get("config"):
+        set_config(qmodel, SubnetConfig.from_json(ckpt["config"]))
     return qmodel

@@ -1,0 +1,140 @@
+"""Supernet training on Ray Train (V2): TorchTrainer, per-epoch checkpoints, restart from get_checkpoint().
+
+Every worker loads the data and shards it by index (a seeded permutation, rank::world); gradients of the
+sandwich step are all-reduced by hand once per step (every rank samples the same subnets, so the same
+parameters carry gradients everywhere). Rank 0 writes the checkpoint and logs to MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quantsearch.config import JobSpec, SupernetSpec
+from quantsearch.errors import QuantsearchError
+
+FAULT_ENV = "QUANTSEARCH_FAULT_INJECT"  # "rank:epoch:marker" kills that worker once, after that epoch
+
+
+@dataclass(frozen=True)
+class RayTrainResult:
+    """Where the final checkpoint is and the last metrics reported."""
+
+    checkpoint: Path
+    metrics: dict[str, Any]
+    storage: Path
+
+
+def _allreduce_grads(model: Any) -> None:
+    import torch
+    import torch.distributed as dist
+
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p in params:
+        n = p.grad.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
+
+
+def _maybe_inject_fault(spec: str | None, rank: int, epoch: int) -> None:
+    """Test hook: SIGKILL this worker once after `epoch` when FAULT_ENV names its rank."""
+    if not spec:
+        return
+    f_rank, f_epoch, marker = spec.split(":", 2)
+    if rank == int(f_rank) and epoch == int(f_epoch) and not os.path.exists(marker):
+        Path(marker).write_text(f"killed rank {rank} after epoch {epoch}\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    import ray.train
+    import torch
+
+    from quantsearch.data import prepare_data
+    from quantsearch.supernet.local import supernet_payload
+    from quantsearch.supernet.trainer import build_run, fit, load_state, supernet_data
+    from quantsearch.train.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    spec = JobSpec.model_validate(config["spec"])
+    sn = spec.supernet or SupernetSpec()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    data = supernet_data(spec, prepare_data(spec.data))
+    fp32 = load_checkpoint(config["fp32_path"], kind="fp32")
+    run = build_run(spec, data, fp32, world)
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            load_state(run, load_checkpoint(Path(d) / "supernet.pt", kind="supernet"))
+    logger = None
+    if rank == 0 and config.get("run_id"):
+        from quantsearch.tracking import EpochLogger
+
+        logger = EpochLogger(config["tracking_uri"], config["run_id"])
+    shape = list(data.train.images.shape[1:])
+
+    def save(r: Any, metrics: dict[str, float]) -> None:
+        metrics = {**metrics, "resumed_from_epoch": float(r.resumed_from or 0), "world_size": float(world)}
+        if logger is not None:
+            logger(metrics, step=int(metrics["epoch"]))
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as d:
+                save_checkpoint(Path(d) / "supernet.pt", supernet_payload(r, fp32, spec, shape))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+        _maybe_inject_fault(config.get("fault"), rank, int(metrics["epoch"]))
+
+    fit(run, data, sn, rank, world, sync_grads=_allreduce_grads if world > 1 else None, save=save)
+
+
+def train_supernet_ray(spec: JobSpec, fp32_path: Path, out_dir: Path, workers: int, use_gpu: bool = False,
+                       run_id: str | None = None, tracking_uri: str | None = None,
+                       address: str | None = None) -> RayTrainResult:
+    """Run the supernet loop on `workers` Ray Train workers; the same run name resumes."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from quantsearch.distributed.ray_env import init_ray
+
+    sn = spec.supernet or SupernetSpec()
+    init_ray(address)
+    storage = Path(sn.storage_path or Path(spec.output_dir) / "ray").resolve()
+    storage.mkdir(parents=True, exist_ok=True)
+    name = sn.run_name or f"{spec.name}-supernet"
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"spec": spec.model_dump(), "fp32_path": str(Path(fp32_path).resolve()),
+                           "run_id": run_id, "tracking_uri": tracking_uri, "threads": 1,
+                           "fault": os.environ.get(FAULT_ENV)},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        run_config=RunConfig(name=name, storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=sn.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=sn.num_to_keep)),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray wraps worker errors in its own types
+        raise QuantsearchError(f"supernet training on Ray failed: {type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else ''}; see {storage / name}") from exc
+    if result.checkpoint is None:
+        raise QuantsearchError(f"Ray run {name} finished without a checkpoint; see {storage / name}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / "supernet.pt"
+    with result.checkpoint.as_directory() as d:
+        data = (Path(d) / "supernet.pt").read_bytes()
+    from quantsearch._util import atomic_write_bytes
+
+    atomic_write_bytes(target, data)
+    return RayTrainResult(target, dict(result.metrics or {}), storage / name)

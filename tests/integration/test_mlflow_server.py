@@ -1,0 +1,73 @@
+"""A whole job tracked on a real MLflow server (sqlite backend, 127.0.0.1, free port, stopped after)."""
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from quantsearch.config import JobSpec
+from quantsearch.pipeline import run_job
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(uri + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start within 60 s")
+        yield uri
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_job_tracked_on_server(tmp_path, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    spec = JobSpec.model_validate({
+        "name": "server-job", "output_dir": str(tmp_path / "out"), "tracking_uri": mlflow_server,
+        "data": {"name": "synthetic", "val_size": 64}, "training": {"epochs": 1, "batch_size": 64},
+        "supernet": {"epochs": 1, "batch_size": 64, "train_images": 128, "calib_images": 64, "bn_images": 64,
+                     "init_calibrator": "maxabs", "table_bits": [8, 2]}})
+    rows = run_job(spec, progress=False)
+    assert [r.stage for r in rows][0] == "fp32" and any(r.config == "W2A2" for r in rows)
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("server-job")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == {"fp32", "supernet"}
+    sn = children["supernet"]
+    assert "val_acc_max" in sn.data.metrics and "loss_min" in sn.data.metrics
+    assert any(k.startswith("table.W8A8.") and k.endswith("test_acc") for k in sn.data.metrics)
+    arts = {a.path for a in client.list_artifacts(sn.info.run_id, "supernet")}
+    assert {"supernet/table.png", "supernet/table.parquet", "supernet/supernet.pt"} <= arts
+    assert parent.data.params["supernet.epochs"] == "1" and "git_commit" in parent.data.tags
