@@ -52,7 +52,12 @@ def _maybe_inject_fault(spec: str | None, rank: int, epoch: int) -> None:
         return
     f_rank, f_epoch, marker = spec.split(":", 2)
     if rank == int(f_rank) and epoch == int(f_epoch) and not os.path.exists(marker):
+        import time
+
         Path(marker).write_text(f"killed rank {rank} after epoch {epoch}\n")
+        # die a few health-check intervals (2 s) after the report, as a crash in the next epoch would:
+        # the controller has registered rank 0's checkpoint by then
+        time.sleep(6.0)
         os.kill(os.getpid(), signal.SIGKILL)
 
 
