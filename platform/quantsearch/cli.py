@@ -152,6 +152,32 @@ def cmd_qat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """PTQ of one uniform config with a named calibration method."""
+    from quantsearch.config import DataSpec, QATSpec
+    from quantsearch.data import prepare_data
+    from quantsearch.quant.methods import METHODS
+    from quantsearch.train import load_checkpoint
+    from quantsearch.train.ptq import calibrate_ptq
+
+    for m in (args.method, args.weight_method):
+        if m is not None and m not in METHODS:
+            raise ConfigError(f"unknown calibration method '{m}'; choose from {', '.join(METHODS)}")
+    ckpt = load_checkpoint(args.checkpoint, kind="fp32")
+    config = args.config or f"uniform:W{args.bits}A{args.bits}"
+    try:
+        qat = QATSpec(config=config, profile=args.profile, calib_images=args.calib_images,
+                      act_symmetric=args.act_symmetric)
+    except ValueError as exc:
+        raise ConfigError(f"invalid calibration settings: {str(exc).splitlines()[-1].strip()}") from exc
+    data = prepare_data(DataSpec(name=ckpt["dataset"], test_limit=args.test_limit))
+    res = calibrate_ptq(args.checkpoint, data, qat, args.method, args.weight_method or args.method, args.out,
+                        args.seed)
+    print(f"{config} ({res.config.summary()}) calibrated with {res.method}: val {100 * res.val_acc:.2f}%  "
+          f"test {100 * res.test_acc:.2f}%  ({res.seconds:.1f}s) -> {res.checkpoint}")
+    return 0
+
+
 def cmd_supernet_train(args: argparse.Namespace) -> int:
     """Train the EQ-Net supernet (FP32 first if its checkpoint is missing), locally or on Ray Train."""
     from quantsearch.config import SupernetSpec, load_job
@@ -241,6 +267,21 @@ def build_parser() -> argparse.ArgumentParser:
     qa.add_argument("--quiet", action="store_true")
     job_opts(qa)
     qa.set_defaults(func=cmd_qat)
+    ca = sub.add_parser("calibrate", help="PTQ: calibrate one uniform config with a named method (no training)")
+    ca.add_argument("--checkpoint", required=True, help="FP32 checkpoint")
+    ca.add_argument("--method", required=True, help="maxabs | mse | kl | admm | easyquant (activations, and "
+                                                    "weights unless --weight-method)")
+    ca.add_argument("--weight-method", default=None, help="method for weights (default: --method)")
+    ca.add_argument("--bits", type=int, default=8, help="uniform W<b>A<b> (first/last layer stay 8-bit)")
+    ca.add_argument("--config", default=None, help="uniform:W4A8 etc., or a subnet JSON (overrides --bits)")
+    ca.add_argument("--profile", default="generic")
+    ca.add_argument("--act-symmetric", action="store_true", help="symmetric activations (default affine)")
+    ca.add_argument("--calib-images", type=int, default=1024)
+    ca.add_argument("--test-limit", type=int, default=None)
+    ca.add_argument("--seed", type=int, default=0)
+    ca.add_argument("--out", required=True)
+    ca.set_defaults(func=cmd_calibrate)
+
     sn = sub.add_parser("supernet", help="EQ-Net elastic supernet").add_subparsers(dest="action", required=True,
                                                                                    parser_class=_Parser)
     st = sn.add_parser("train", help="train the supernet (sandwich + WDR + GPG), print the uniform table")

@@ -83,7 +83,68 @@ class MSECalibrator(Calibrator):
         return scale, (None if z is None else z.gather(0, best).squeeze(0))
 
 
-CALIBRATORS: dict[str, type[Calibrator]] = {"maxabs": MaxAbsCalibrator, "mse": MSECalibrator}
+def _threshold_to_qparams(rows: torch.Tensor, t: torch.Tensor, form: QuantForm, nonneg: bool
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Symmetric threshold per row -> qparams; affine forms clip [min, max] to [-T, T]."""
+    lo = torch.maximum(rows.amin(1).clamp_max(0), -t)
+    hi = torch.minimum(rows.amax(1).clamp_min(0), t)
+    return range_to_qparams(lo, hi, form, nonneg)
+
+
+class KLCalibrator(Calibrator):
+    """TensorRT entropy calibration (see quant/kl.py for the exact choices); per row for per-channel."""
+
+    name = "kl"
+
+    def scale_offset(self, x: torch.Tensor, form: QuantForm, nonneg: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """KL-optimal threshold of |x| per row."""
+        from quantsearch.quant.kl import abs_histogram, kl_threshold
+
+        rows = _rows(x, form.per_channel)
+        levels = 2**form.bits if (nonneg or not form.symmetric) else 2 ** (form.bits - 1)
+        ts = []
+        for r in rows:
+            hist, amax = abs_histogram(r)
+            ts.append(kl_threshold(hist, amax, levels))
+        return _threshold_to_qparams(rows, torch.tensor(ts, dtype=rows.dtype), form, nonneg)
+
+
+class ADMMCalibrator(Calibrator):
+    """The projection step of ADMM quantization (Leng et al.): alternate q = clamp(round(x/a)) and
+    a = <q, x>/<q, q> from a = max|x|/(qmax * c) until a changes < tol; a local MSE minimum."""
+
+    name = "admm"
+
+    def __init__(self, c: float | None = None, iters: int | None = None, tol: float = 1e-6,
+                 max_elements: int = 1 << 18) -> None:
+        self.c, self.iters, self.tol, self.max_elements = c, iters, tol, max_elements
+
+    def scale_offset(self, x: torch.Tensor, form: QuantForm, nonneg: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Alternating projection per row (vectorised over rows); affine forms clip [min, max] to [-T, T]."""
+        rows = _rows(x, form.per_channel)
+        weight_like = form.per_channel
+        c = self.c if self.c is not None else (1.25 if weight_like else 2.5)
+        iters = self.iters if self.iters is not None else (1000 if weight_like else 300)
+        per_row = max(self.max_elements // rows.shape[0], 64)
+        sample = rows[:, :: -(-rows.shape[1] // per_row)] if rows.shape[1] > per_row else rows
+        qmin, qmax = grid_for(QuantForm(form.bits, form.granularity, True), nonneg)
+        amax = sample.abs().amax(1)
+        a = (amax / (qmax * c)).clamp_min(EPS)
+        for _ in range(iters):
+            q = torch.clamp(torch.round(sample / a[:, None]), qmin, qmax)
+            qq = (q * q).sum(1)
+            new = torch.where(qq > 0, (q * sample).sum(1) / qq.clamp_min(EPS), a).clamp_min(EPS)
+            done = bool(((new - a).abs() <= self.tol * a.clamp_min(EPS)).all())
+            a = new
+            if done:
+                break
+        return _threshold_to_qparams(rows, a * qmax, form, nonneg)
+
+
+CALIBRATORS: dict[str, type[Calibrator]] = {"maxabs": MaxAbsCalibrator, "mse": MSECalibrator, "kl": KLCalibrator,
+                                            "admm": ADMMCalibrator}
 
 
 def get_calibrator(name: str) -> Calibrator:

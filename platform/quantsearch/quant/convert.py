@@ -89,27 +89,31 @@ def disable_quant(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def calibrate_model(model: nn.Module, inputs: Iterable[torch.Tensor], calibrator: Calibrator | None = None,
-                    max_samples: int = 1 << 18, per_batch: int = 1 << 16) -> None:
-    """Initialise every quantizer's tables: weights from themselves, inputs from float activations.
-
-    Runs the model in float (eval mode) on `inputs`, keeping a bounded sample of each layer's input.
-    """
-    calibrator = calibrator or MSECalibrator()
+def collect_inputs(model: nn.Module, inputs: Iterable[torch.Tensor], max_samples: int = 1 << 18,
+                   per_batch: int = 1 << 16, keep_images: int = 0
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Run the model in float (eval mode) and return, per quantized layer, a bounded strided sample of its
+    input values (flat) and the first `keep_images` inputs whole (for layer-wise searches like EasyQuant)."""
     layers = quant_layers(model)
     saved = {n: layer.layer_config() for n, layer in layers.items()}
     disable_quant(model)
     samples: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    whole: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     counts = dict.fromkeys(layers, 0)
+    kept = dict.fromkeys(layers, 0)
 
     def hook(name: str):  # noqa: ANN202 - closure factory
         def fn(_m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
+            x = inp[0].detach()
             if counts[name] < max_samples:
-                flat = inp[0].detach().reshape(-1)
+                flat = x.reshape(-1)
                 # strided, so the sample spans the whole batch rather than its first images
                 stride = max(1, flat.numel() // per_batch)
                 samples[name].append(flat[::stride][: max_samples - counts[name]].clone())
                 counts[name] += samples[name][-1].numel()
+            if kept[name] < keep_images:
+                whole[name].append(x[: keep_images - kept[name]].clone())
+                kept[name] += len(whole[name][-1])
         return fn
 
     handles = [layer.register_forward_pre_hook(hook(n)) for n, layer in layers.items()]  # type: ignore[attr-defined]
@@ -122,9 +126,20 @@ def calibrate_model(model: nn.Module, inputs: Iterable[torch.Tensor], calibrator
         for h in handles:
             h.remove()
         model.train(was)
-    for name, layer in layers.items():
+        for name, cfg in saved.items():
+            layers[name].set_layer_config(cfg)
+    flat = {n: torch.cat(v) for n, v in samples.items() if v}
+    return flat, {n: torch.cat(v) for n, v in whole.items() if v}
+
+
+@torch.no_grad()
+def calibrate_model(model: nn.Module, inputs: Iterable[torch.Tensor], calibrator: Calibrator | None = None,
+                    max_samples: int = 1 << 18, per_batch: int = 1 << 16) -> None:
+    """Initialise every quantizer's tables for every form: weights from themselves, inputs from a sample of
+    their float activations."""
+    calibrator = calibrator or MSECalibrator()
+    samples, _ = collect_inputs(model, inputs, max_samples, per_batch)
+    for name, layer in quant_layers(model).items():
         layer.wq.calibrate(layer.weight, calibrator)  # type: ignore[attr-defined]
-        if samples[name]:
-            layer.aq.calibrate(torch.cat(samples[name]), calibrator)
-    for name, cfg in saved.items():
-        layers[name].set_layer_config(cfg)
+        if name in samples:
+            layer.aq.calibrate(samples[name], calibrator)

@@ -1,0 +1,119 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from quantsearch.quant import QuantForm, QuantPolicy, convert, fake_quant, get_calibrator, grid_for
+from quantsearch.quant.easyquant import easyquant_layer
+from quantsearch.quant.kl import abs_histogram, kl_divergences, kl_threshold
+from quantsearch.quant.methods import calibrate_active
+from quantsearch.space import model_uniform, set_config
+
+SYM4 = QuantForm(4, "per_tensor", True)
+
+
+def _reference_kl(hist, levels):
+    """A straightforward loop over cuts with the same choices as quant/kl.py."""
+    h = hist.double().tolist()
+    n, out = len(h), []
+    for i in range(levels, n + 1):
+        p = h[:i]
+        p[i - 1] += sum(h[i:])
+        q = [0.0] * i
+        groups = [[] for _ in range(levels)]
+        for j in range(i):
+            groups[min(j * levels // i, levels - 1)].append(j)
+        for g in groups:
+            nz = [j for j in g if h[j] > 0]
+            mass = sum(h[j] for j in g)
+            for j in nz:
+                q[j] = mass / len(nz)
+        sp, sq = sum(p), sum(q)
+        kl = 0.0
+        for a, b in zip(p, q, strict=True):
+            a /= sp
+            b = b / sq if sq > 0 else 0.0
+            if a > 0:
+                kl += a * math.log(a / (b if b > 0 else 1e-10))
+        out.append(kl)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dist", ["uniform", "gauss", "laplace_outliers"])
+def test_kl_vectorised_matches_reference_loop(dist):
+    g = torch.Generator().manual_seed(0)
+    x = {"uniform": torch.rand(5000, generator=g), "gauss": torch.randn(5000, generator=g),
+         "laplace_outliers": torch.cat([torch.distributions.Laplace(0, 1).sample((5000,)), torch.tensor([40.0])])}[dist]
+    hist, _ = abs_histogram(x, bins=256)
+    cuts, kl = kl_divergences(hist, 16)
+    ref = _reference_kl(hist, 16)
+    assert cuts.tolist() == list(range(16, 257))
+    assert torch.allclose(kl, ref, rtol=1e-6, atol=1e-9)
+
+
+def test_kl_clips_outliers_and_stays_in_range():
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(20000), torch.tensor([60.0, -55.0])])
+    hist, amax = abs_histogram(x)
+    t = kl_threshold(hist, amax, 128)
+    assert 0 < t < 0.5 * amax  # the outliers are clipped
+    u = torch.rand(20000) * 2 - 1
+    hist, amax = abs_histogram(u)
+    assert kl_threshold(hist, amax, 128) > 0.8 * amax  # a uniform tensor keeps nearly its whole range
+
+
+@pytest.mark.parametrize("name", ["maxabs", "mse", "kl", "admm"])
+@pytest.mark.parametrize("form", [SYM4, QuantForm(3, "per_tensor", False), QuantForm(8, "per_channel", True)])
+def test_each_calibrator_gives_scales_in_range_and_deterministic(name, form):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 200, generator=g) * torch.linspace(0.5, 3, 8)[:, None]
+    cal = get_calibrator(name)
+    s1, z1 = cal.scale_offset(x, form)
+    s2, z2 = cal.scale_offset(x, form)
+    rows = 8 if form.per_channel else 1
+    assert s1.shape == (rows,) and torch.equal(s1, s2) and (z1 is None) == form.symmetric
+    qmin, qmax = grid_for(form, False)
+    amax = x.abs().reshape(rows, -1).amax(1)
+    span = s1 * qmax if form.symmetric else s1 * (qmax - qmin)  # the clip range never exceeds the data's
+    assert (s1 > 0).all() and (span <= (1 if form.symmetric else 2) * amax * 1.0001 + 1e-6).all()
+
+
+def test_admm_lowers_mse_vs_maxabs_on_heavy_tails():
+    torch.manual_seed(0)
+    x = torch.distributions.Laplace(0.0, 1.0).sample((50000,))
+    qmin, qmax = grid_for(SYM4, False)
+    err = {}
+    for name in ("maxabs", "admm"):
+        s, _ = get_calibrator(name).scale_offset(x, SYM4)
+        err[name] = float(((fake_quant(x, s, None, qmin, qmax) - x) ** 2).mean())
+    assert err["admm"] < 0.5 * err["maxabs"]
+
+
+def test_easyquant_never_lowers_cosine():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    x = torch.relu(torch.randn(20, 8, 10, 10))
+    wf, af = QuantForm(3, "per_channel", True), QuantForm(3, "per_tensor", True)
+    for w_scale in (conv.weight.abs().amax((1, 2, 3)) / 3, conv.weight.abs().amax((1, 2, 3)) / 30):
+        res = easyquant_layer(conv, x, wf, af, w_scale, x.max().reshape(1) / 7, True, steps=20, rounds=1)
+        assert res.cos_after >= res.cos_before
+    assert res.cos_after > res.cos_before + 1e-3  # a badly initialised scale is improved
+
+
+def test_calibrate_active_all_methods_on_a_model():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(8 * 36, 4))
+    x = torch.randn(16, 1, 6, 6)
+    q = convert(net, QuantPolicy(), x[:2])
+    set_config(q, model_uniform(q, QuantForm(4, "per_channel", True), QuantForm(4, "per_tensor", False)))
+    ref = net(x)
+    errs = {}
+    for m in ("maxabs", "mse", "kl", "admm", "easyquant"):
+        report = calibrate_active(q, [x], (m, m), easyquant_steps=10, easyquant_rounds=1)
+        errs[m] = float(((q(x).detach() - ref.detach()) ** 2).mean())
+        assert (m == "easyquant") == bool(report)
+    assert all(e < float((ref**2).mean()) for e in errs.values())
+    with pytest.raises(Exception, match="unknown calibration method"):
+        calibrate_active(q, [x], ("entropy", "maxabs"))
