@@ -178,6 +178,28 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dqss(args: argparse.Namespace) -> int:
+    """DQSS (PTQ): choose each layer's calibration algorithm for activations and weights by gradient."""
+    from quantsearch.config import DataSpec, QATSpec
+    from quantsearch.data import prepare_data
+    from quantsearch.dqss import run_dqss_ptq
+    from quantsearch.train import load_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint, kind="fp32")
+    config = args.subnet or f"uniform:W{args.bits}A{args.bits}"
+    try:
+        qat = QATSpec(config=config, profile=args.profile, calib_images=args.calib_images)
+    except ValueError as exc:
+        raise ConfigError(f"invalid DQSS settings: {str(exc).splitlines()[-1].strip()}") from exc
+    data = prepare_data(DataSpec(name=ckpt["dataset"], test_limit=args.test_limit))
+    res = run_dqss_ptq(args.checkpoint, data, qat, args.out, iters=args.iters, lr=args.lr, seed=args.seed)
+    for name, (a, w) in res.choices.items():
+        print(f"  {name:28s} activations {a:10s} weights {w}")
+    print(f"DQSS-{args.mode.upper()} {config}: val {100 * res.val_acc:.2f}%  test {100 * res.test_acc:.2f}%  "
+          f"(search {res.search_seconds:.0f}s) -> {res.strategy_path}")
+    return 0
+
+
 def cmd_supernet_train(args: argparse.Namespace) -> int:
     """Train the EQ-Net supernet (FP32 first if its checkpoint is missing), locally or on Ray Train."""
     from quantsearch.config import SupernetSpec, load_job
@@ -281,6 +303,21 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--seed", type=int, default=0)
     ca.add_argument("--out", required=True)
     ca.set_defaults(func=cmd_calibrate)
+
+    dq = sub.add_parser("dqss", help="DQSS: differentiable per-layer choice of calibration algorithm")
+    dq.add_argument("--checkpoint", required=True, help="FP32 checkpoint")
+    dq.add_argument("--mode", choices=["ptq"], default="ptq", help="ptq: only the strategy weights learn")
+    bits = dq.add_mutually_exclusive_group(required=True)
+    bits.add_argument("--bits", type=int, help="uniform W<b>A<b> (first/last layer stay 8-bit)")
+    bits.add_argument("--subnet", help="a SubnetConfig JSON (e.g. a searched subnet's per-layer bits)")
+    dq.add_argument("--profile", default="generic")
+    dq.add_argument("--iters", type=int, default=300)
+    dq.add_argument("--lr", type=float, default=0.05, help="Adam learning rate of alpha/beta")
+    dq.add_argument("--calib-images", type=int, default=1024)
+    dq.add_argument("--test-limit", type=int, default=None)
+    dq.add_argument("--seed", type=int, default=0)
+    dq.add_argument("--out", required=True, help="folder for strategy.json, model.pt, metrics.json")
+    dq.set_defaults(func=cmd_dqss)
 
     sn = sub.add_parser("supernet", help="EQ-Net elastic supernet").add_subparsers(dest="action", required=True,
                                                                                    parser_class=_Parser)

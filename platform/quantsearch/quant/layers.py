@@ -50,7 +50,10 @@ class QuantConv2d(nn.Conv2d, QuantMixin):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Convolution of the quantized input with the quantized weight."""
+        """Convolution of the quantized input with the quantized weight (or the DQSS strategy mixture)."""
+        mixer = self.__dict__.get("_modules", {}).get("mixer")
+        if mixer is not None:
+            return mixer(self, x)
         return self._conv_forward(self.aq(x), self.wq(self.weight), self.bias)
 
 
@@ -74,7 +77,10 @@ class QuantLinear(nn.Linear, QuantMixin):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Linear map of the quantized input with the quantized weight."""
+        """Linear map of the quantized input with the quantized weight (or the DQSS strategy mixture)."""
+        mixer = self.__dict__.get("_modules", {}).get("mixer")
+        if mixer is not None:
+            return mixer(self, x)
         return F.linear(self.aq(x), self.wq(self.weight), self.bias)
 
 

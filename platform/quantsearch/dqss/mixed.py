@@ -1,0 +1,79 @@
+"""Mixed-strategy quantization (DQSS): x~ = sum_i p_i Q(x; s_i), W~ = sum_j q_j Q(W; t_j), y = layer(x~, W~).
+
+ONE convolution per layer, exactly equal to the naive sum of N^2 convolutions sum_ij p_i q_j conv(Q_i(x), Q_j(W))
+because convolution is bilinear and sum(p) = sum(q) = 1. The mixture is a custom autograd function that saves
+x, p and the candidate scales and recomputes the N branches in backward instead of keeping N copies of x.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quantsearch.quant.fakequant import _forward_with_mask
+
+
+def _branches(x: torch.Tensor, scales: torch.Tensor, zps: torch.Tensor | None, qmin: int, qmax: int,
+              shape: tuple[int, ...]):  # noqa: ANN202 - generator of (x_q, mask)
+    for i in range(scales.shape[0]):
+        s = scales[i].reshape(shape)
+        z = None if zps is None else zps[i].reshape(shape)
+        yield _forward_with_mask(x, s, z, qmin, qmax)
+
+
+class _Mixture(torch.autograd.Function):
+    """sum_i p_i Q_i(x) with fixed candidate scales; gradients for x (STE per branch) and p."""
+
+    @staticmethod
+    def forward(ctx, x, p, scales, zps, qmin, qmax, shape):  # noqa: ANN001, ANN205
+        out = torch.zeros_like(x)
+        for i, (xq, _) in enumerate(_branches(x, scales, zps, qmin, qmax, shape)):
+            out.add_(xq, alpha=float(p[i]))
+        ctx.save_for_backward(x, p, scales, zps if zps is not None else torch.empty(0))
+        ctx.meta = (qmin, qmax, shape, zps is not None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        x, p, scales, zps = ctx.saved_tensors
+        qmin, qmax, shape, has_zp = ctx.meta
+        grad = grad.contiguous()
+        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        grad_p = torch.zeros_like(p)
+        flat_g = grad.reshape(-1)
+        for i, (xq, mask) in enumerate(_branches(x, scales, zps if has_zp else None, qmin, qmax, shape)):
+            grad_p[i] = torch.dot(flat_g, xq.reshape(-1))
+            if grad_x is not None:
+                grad_x.add_(torch.where(mask, grad, 0.0), alpha=float(p[i]))
+        return grad_x, grad_p, None, None, None, None, None
+
+
+def mix_quant(x: torch.Tensor, p: torch.Tensor, scales: torch.Tensor, zps: torch.Tensor | None, qmin: int,
+              qmax: int, per_channel: bool) -> torch.Tensor:
+    """sum_i p_i Q(x; scales[i], zps[i]); scales is [N] (per-tensor) or [N, C] (per channel along dim 0)."""
+    shape = ((-1,) + (1,) * (x.dim() - 1)) if per_channel else ()
+    return _Mixture.apply(x, p, scales, zps, qmin, qmax, shape)
+
+
+def naive_mixed_forward(layer: nn.Module, x: torch.Tensor, p: torch.Tensor, q: torch.Tensor,
+                        a_scales: torch.Tensor, a_zps: torch.Tensor | None, a_range: tuple[int, int],
+                        w_scales: torch.Tensor, w_zps: torch.Tensor | None, w_range: tuple[int, int],
+                        w_per_channel: bool) -> torch.Tensor:
+    """The reference: N^2 convolutions with plain autograd (tests compare the efficient layer with it)."""
+    from quantsearch.quant.fakequant import fake_quant
+
+    wshape = ((-1,) + (1,) * (layer.weight.dim() - 1)) if w_per_channel else ()
+    out = None
+    for i in range(len(p)):
+        xi = fake_quant(x, a_scales[i].reshape(()), None if a_zps is None else a_zps[i].reshape(()), *a_range)
+        for j in range(len(q)):
+            wj = fake_quant(layer.weight, w_scales[j].reshape(wshape),
+                            None if w_zps is None else w_zps[j].reshape(wshape), *w_range)
+            y = layer._conv_forward(xi, wj, None) if isinstance(layer, nn.Conv2d) else F.linear(xi, wj)
+            term = p[i] * q[j] * y
+            out = term if out is None else out + term
+    assert out is not None
+    if layer.bias is not None:
+        out = out + (layer.bias.reshape(1, -1, *([1] * (out.dim() - 2))) if out.dim() > 2 else layer.bias)
+    return out

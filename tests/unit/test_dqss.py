@@ -1,0 +1,81 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from quantsearch.config import JobSpec, QATSpec
+from quantsearch.data import PreparedData, split_train_val
+from quantsearch.dqss import load_strategy, mix_quant, naive_mixed_forward, run_dqss_ptq
+from quantsearch.quant import grid_for, QuantForm
+from quantsearch.train import evaluate, load_checkpoint, load_model, train_fp32
+
+
+@pytest.mark.parametrize("per_channel, asym", [(True, False), (False, True)])
+def test_efficient_mixed_layer_equals_naive_n_squared(per_channel, asym):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 8, 3, padding=1)
+    n = 4
+    x0 = torch.randn(3, 6, 9, 9)
+    a_scales = torch.rand(n) * 0.05 + 0.01
+    a_zps = torch.randint(-3, 4, (n,)).float() if asym else None
+    w_scales = torch.rand(n, 8) * 0.01 + 0.002 if per_channel else torch.rand(n) * 0.01 + 0.002
+    a_form = QuantForm(4, "per_tensor", not asym)
+    w_form = QuantForm(3, "per_channel" if per_channel else "per_tensor", True)
+    a_range, w_range = grid_for(a_form, False), grid_for(w_form, False)
+    alpha = torch.randn(n, requires_grad=True)
+    beta = torch.randn(n, requires_grad=True)
+    grads = []
+    outs = []
+    for efficient in (True, False):
+        conv.zero_grad()
+        alpha.grad = beta.grad = None
+        x = x0.clone().requires_grad_(True)
+        p, q = torch.softmax(alpha, 0), torch.softmax(beta, 0)
+        if efficient:
+            xm = mix_quant(x, p, a_scales, a_zps, *a_range, per_channel=False)
+            wm = mix_quant(conv.weight, q, w_scales, None, *w_range, per_channel=per_channel)
+            y = conv._conv_forward(xm, wm, conv.bias)
+        else:
+            y = naive_mixed_forward(conv, x, p, q, a_scales, a_zps, a_range, w_scales, None, w_range, per_channel)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+        y.backward(g)
+        outs.append(y.detach())
+        grads.append((x.grad.clone(), alpha.grad.clone(), beta.grad.clone(), conv.weight.grad.clone()))
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    for a, b in zip(grads[0], grads[1], strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_mixture_keeps_no_copies_of_branches():
+    # saved for backward: x, p, scales, zps only -- not the N quantized copies of x
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    p = torch.softmax(torch.zeros(4, requires_grad=True), 0)
+    y = mix_quant(x, p, torch.full((4,), 0.1), None, -8, 7, per_channel=False)
+    saved = [t for t in y.grad_fn.saved_tensors if t.numel() == x.numel()]
+    assert len(saved) == 1
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, synthetic):
+    out = tmp_path_factory.mktemp("dqss")
+    spec = JobSpec.model_validate({"data": {"name": "synthetic"}, "training": {"epochs": 2, "batch_size": 64}})
+    tr, va = split_train_val(synthetic.train, 128, 0)
+    data = PreparedData(synthetic, tr, va, synthetic.test)
+    train_fp32(spec, data, out / "fp32", progress=False)
+    return out, data
+
+
+def test_dqss_ptq_writes_strategy_and_rebuilds(tiny):
+    out, data = tiny
+    qat = QATSpec(config="uniform:W3A3", calib_images=128)
+    res = run_dqss_ptq(out / "fp32" / "model.pt", data, qat, out / "dqss", iters=20, lr=0.1, batch_size=64)
+    st = load_strategy(res.strategy_path)
+    assert st["mode"] == "ptq" and set(st["candidates"]) == {"maxabs", "kl", "easyquant", "admm"}
+    layer = next(iter(st["layers"].values()))
+    assert layer["activation"] in st["candidates"] and abs(sum(layer["p"]) - 1) < 1e-5
+    # the search moved away from uniform p somewhere
+    assert any(max(v["p"]) > 0.26 or max(v["q"]) > 0.26 for v in st["layers"].values())
+    model = load_model(load_checkpoint(out / "dqss" / "model.pt"))
+    assert evaluate(model, data.test, data.mean, data.std).top1 == pytest.approx(res.test_acc)
+    assert json.loads((out / "dqss" / "metrics.json").read_text())["test_acc"] == res.test_acc
