@@ -191,12 +191,45 @@ def cmd_dqss(args: argparse.Namespace) -> int:
         qat = QATSpec(config=config, profile=args.profile, calib_images=args.calib_images)
     except ValueError as exc:
         raise ConfigError(f"invalid DQSS settings: {str(exc).splitlines()[-1].strip()}") from exc
-    data = prepare_data(DataSpec(name=ckpt["dataset"], test_limit=args.test_limit))
+    data_spec = DataSpec(name=ckpt["dataset"], test_limit=args.test_limit)
+    if args.subsets:
+        return _dqss_subsets(args, data_spec, qat, config)
+    data = prepare_data(data_spec)
     res = run_dqss_ptq(args.checkpoint, data, qat, args.out, iters=args.iters, lr=args.lr, seed=args.seed)
     for name, (a, w) in res.choices.items():
         print(f"  {name:28s} activations {a:10s} weights {w}")
     print(f"DQSS-{args.mode.upper()} {config}: val {100 * res.val_acc:.2f}%  test {100 * res.test_acc:.2f}%  "
           f"(search {res.search_seconds:.0f}s) -> {res.strategy_path}")
+    return 0
+
+
+def _dqss_subsets(args: argparse.Namespace, data_spec: object, qat: object, config: str) -> int:
+    """DQSS on K disjoint calibration subsets as Ray Tune trials, tracked in one MLflow parent run."""
+    from quantsearch.config import JobSpec
+    from quantsearch.distributed.tune_dqss import dqss_over_subsets
+    from quantsearch.tracking import JobTracker
+
+    spec = JobSpec(name="dqss", output_dir=args.out, data=data_spec)  # type: ignore[arg-type]
+    tracker = JobTracker(spec)
+    with tracker.parent(tags={"stage": "dqss", "subsets": str(args.subsets), "config": config}):
+        res = dqss_over_subsets(args.checkpoint, data_spec, qat, args.subsets, args.out, args.iters,  # type: ignore[arg-type]
+                                args.lr, args.seed, args.address)
+        for t in res.trials:
+            with tracker.child(f"subset{t['index']}", {"subset": t["index"]}):
+                tracker.log_metrics({k: t[k] for k in ("val_acc", "test_acc", "search_seconds")})
+                tracker.log_artifact(t["strategy"])
+        tracker.log_metrics({"combined_val_acc": res.combined_val_acc, "combined_test_acc": res.combined_test_acc,
+                             **{f"agreement.{n}.{k}": v for n, a in res.agreement.items() for k, v in a.items()}})
+        tracker.log_artifact(res.heatmap)
+        tracker.log_artifact(res.summary_path)
+    for t in res.trials:
+        print(f"  subset {t['index']}: val {100 * t['val_acc']:.2f}%  test {100 * t['test_acc']:.2f}%")
+    for name, (a, w) in res.combined.items():
+        ag = res.agreement[name]
+        print(f"  {name:28s} activations {a:10s} ({100 * ag['activation']:.0f}% agree)  "
+              f"weights {w:10s} ({100 * ag['weight']:.0f}% agree)")
+    print(f"combined strategy {config}: val {100 * res.combined_val_acc:.2f}%  test {100 * res.combined_test_acc:.2f}% "
+          f"-> {res.summary_path}, {res.heatmap}; MLflow {tracker.uri}")
     return 0
 
 
@@ -316,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     dq.add_argument("--calib-images", type=int, default=1024)
     dq.add_argument("--test-limit", type=int, default=None)
     dq.add_argument("--seed", type=int, default=0)
+    dq.add_argument("--subsets", type=int, default=0, help="K > 0: K Ray Tune trials on K disjoint calibration "
+                                                           "subsets, their agreement and a combined strategy")
+    dq.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     dq.add_argument("--out", required=True, help="folder for strategy.json, model.pt, metrics.json")
     dq.set_defaults(func=cmd_dqss)
 

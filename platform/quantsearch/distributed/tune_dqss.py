@@ -1,0 +1,94 @@
+"""DQSS over K disjoint calibration subsets as K parallel Ray Tune trials; agreement and a combined strategy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quantsearch.config import DataSpec, QATSpec
+from quantsearch.errors import QuantsearchError
+
+
+@dataclass(frozen=True)
+class SubsetsResult:
+    """Each trial's accuracy, per-layer agreement, and the combined strategy's accuracy."""
+
+    trials: list[dict[str, Any]]
+    agreement: dict[str, dict[str, float]]
+    combined: dict[str, tuple[str, str]]
+    combined_val_acc: float
+    combined_test_acc: float
+    heatmap: Path
+    summary_path: Path
+
+
+def _trial(config: dict[str, Any]) -> None:
+    import ray.tune
+    import torch
+
+    from quantsearch.data import calibration_subsets, prepare_data
+    from quantsearch.dqss import run_dqss_ptq
+
+    torch.set_num_threads(1)
+    data = prepare_data(DataSpec.model_validate(config["data"]))
+    k, idx = config["k"], config["index"]
+    subset = calibration_subsets(data.train, k, config["n"], config["seed"])[idx]
+    out = Path(config["out"]) / f"subset{idx}"
+    res = run_dqss_ptq(config["fp32"], data, QATSpec.model_validate(config["qat"]), out, iters=config["iters"],
+                       lr=config["lr"], seed=config["seed"] + idx, calib=subset)
+    ray.tune.report({"val_acc": res.val_acc, "test_acc": res.test_acc, "index": idx, "strategy": str(res.strategy_path),
+                     "search_seconds": res.search_seconds})
+
+
+def dqss_over_subsets(fp32_path: str | Path, data_spec: DataSpec, qat: QATSpec, k: int, out_dir: str | Path,
+                      iters: int = 300, lr: float = 0.05, seed: int = 0, address: str | None = None,
+                      concurrent: int | None = None) -> SubsetsResult:
+    """Run K trials in parallel (one CPU each), then vote and measure the combined strategy."""
+    from ray import tune
+
+    from quantsearch._util import atomic_write_json
+    from quantsearch.data import batches, calibration_subsets, prepare_data, take
+    from quantsearch.distributed.ray_env import init_ray
+    from quantsearch.dqss.combine import agreement, combined_choice, heatmap
+    from quantsearch.dqss.run import load_strategy
+    from quantsearch.quant.methods import calibrate_active
+    from quantsearch.space import set_config
+    from quantsearch.train.checkpoint import load_checkpoint
+    from quantsearch.train.loop import evaluate
+    from quantsearch.train.qat import quantized_model, resolve_config
+
+    out_dir = Path(out_dir).resolve()
+    data = prepare_data(data_spec)
+    calibration_subsets(data.train, k, qat.calib_images, seed)  # fails early, in one line, if they do not fit
+    init_ray(address)
+    space = {"index": tune.grid_search(list(range(k))), "k": k, "n": qat.calib_images, "seed": seed,
+             "data": data_spec.model_dump(), "qat": qat.model_dump(), "fp32": str(Path(fp32_path).resolve()),
+             "out": str(out_dir), "iters": iters, "lr": lr}
+    tuner = tune.Tuner(tune.with_resources(_trial, {"cpu": 1}), param_space=space,
+                       tune_config=tune.TuneConfig(max_concurrent_trials=concurrent or k),
+                       run_config=tune.RunConfig(name=f"dqss-subsets-{out_dir.name}", storage_path=str(out_dir / "ray")))
+    grid = tuner.fit()
+    if grid.errors:
+        raise QuantsearchError(f"{len(grid.errors)} DQSS trial(s) failed: {str(grid.errors[0]).splitlines()[0]}")
+    trials = sorted((dict(r.metrics) for r in grid), key=lambda m: m["index"])
+    strategies = [load_strategy(t["strategy"]) for t in trials]
+    agree = agreement(strategies)
+    combined = combined_choice(strategies)
+    fp32 = load_checkpoint(fp32_path, kind="fp32")
+    model = quantized_model(fp32, next(batches(take(data.train, 2, seed), 2, data.mean, data.std))[0])
+    set_config(model, resolve_config(qat, model))
+    calib = calibration_subsets(data.train, k, qat.calib_images, seed)[0]
+    calibrate_active(model, [x for x, _ in batches(calib, 256, data.mean, data.std)], combined)
+    val = evaluate(model, data.val, data.mean, data.std).top1 if len(data.val) else float("nan")
+    test = evaluate(model, data.test, data.mean, data.std).top1
+    png = heatmap(strategies, out_dir / "strategy_heatmap.png")
+    summary = out_dir / "subsets.json"
+    atomic_write_json(summary, {
+        "k": k, "calib_images": qat.calib_images, "config": qat.config,
+        "trials": [{key: t[key] for key in ("index", "val_acc", "test_acc", "search_seconds", "strategy")}
+                   for t in trials],
+        "agreement": agree, "combined": {n: {"activation": a, "weight": w} for n, (a, w) in combined.items()},
+        "combined_val_acc": val, "combined_test_acc": test, "combined_rule": "argmax of mean p / mean q, scales "
+        "recalibrated on subset 0"})
+    return SubsetsResult(trials, agree, combined, val, test, png, summary)
