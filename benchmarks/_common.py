@@ -27,6 +27,18 @@ def machine() -> dict[str, Any]:
             "cuda": torch.cuda.is_available()}
 
 
+def median_time(fn, repeats: int, warmup: int = 3) -> float:  # noqa: ANN001
+    """Median wall time of `fn()` over `repeats` runs after `warmup` runs (robust on a shared 2-core box)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     """Write benchmarks/results/<name>.json with the machine, the command and a timestamp."""
     out = RESULTS / f"{name}.json"

@@ -14,7 +14,6 @@ import json
 import time
 
 from _common import RESULTS, RUNS, write_result
-
 from quantsearch.config import JobSpec
 from quantsearch.data import prepare_data
 from quantsearch.supernet import measure, train_supernet_local

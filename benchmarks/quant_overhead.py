@@ -8,26 +8,13 @@ Targets: W4A4 step <= 1.5x FP32; fake-quant op throughput >= 0.8x torch's.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
-from _common import write_result
+from _common import median_time, write_result
 from quantsearch.models import create
 from quantsearch.quant import QuantForm, QuantPolicy, calibrate_model, convert
 from quantsearch.quant.quantizer import ElasticQuantizer
 from quantsearch.space import model_uniform, set_config
-
-
-def _time(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]  # the median resists the noise of a shared 2-core machine
 
 
 def main() -> None:
@@ -52,8 +39,8 @@ def main() -> None:
 
     fp32.train()
     q.train()
-    t_fp32 = _time(step(fp32), args.repeats)
-    t_q = _time(step(q), args.repeats)
+    t_fp32 = median_time(step(fp32), args.repeats)
+    t_q = median_time(step(q), args.repeats)
     ratio = t_q / t_fp32
 
     w = torch.randn(64, 64, 3, 3)
@@ -68,8 +55,8 @@ def main() -> None:
     wq_big.load_state_dict(wq.state_dict())
     wq_big.set_form(form)
     with torch.no_grad():
-        t_ours = _time(lambda: wq_big(big), args.repeats)
-        t_torch = _time(lambda: torch.fake_quantize_per_channel_affine(big, scale, zeros, 0, -8, 7), args.repeats)
+        t_ours = median_time(lambda: wq_big(big), args.repeats)
+        t_torch = median_time(lambda: torch.fake_quantize_per_channel_affine(big, scale, zeros, 0, -8, 7), args.repeats)
     throughput_ratio = t_torch / t_ours
     print(f"forward+backward, batch {args.batch}: FP32 {1e3 * t_fp32:.1f} ms, W4A4 {1e3 * t_q:.1f} ms "
           f"-> {ratio:.2f}x (target <= 1.5x)")

@@ -11,23 +11,12 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _common import RUNS, write_result
-
+from _common import RUNS, median_time, write_result
 from quantsearch.config import JobSpec
 from quantsearch.data import batches, prepare_data
 from quantsearch.distributed import train_supernet_ray
 from quantsearch.supernet import build_run, sandwich_step
 from quantsearch.train import load_checkpoint, load_model, train_fp32
-
-
-def _median(fn, n: int) -> float:
-    fn()
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return sorted(ts)[n // 2]
 
 
 def main() -> None:
@@ -63,8 +52,8 @@ def main() -> None:
         F.cross_entropy(fp32(x), y).backward()
         opt.step()
 
-    t_fp32 = _median(fp32_step, args.repeats)
-    t_sandwich = _median(lambda: sandwich_step(run, x, y, spec.supernet), args.repeats)
+    t_fp32 = median_time(fp32_step, args.repeats)
+    t_sandwich = median_time(lambda: sandwich_step(run, x, y, spec.supernet), args.repeats)
     print(f"step, batch 128: FP32 {1e3 * t_fp32:.1f} ms, sandwich {1e3 * t_sandwich:.1f} ms "
           f"-> {t_sandwich / t_fp32:.2f}x")
     write_result("train_scaling", {

@@ -195,7 +195,8 @@ def cmd_dqss(args: argparse.Namespace) -> int:
     if args.subsets:
         return _dqss_subsets(args, data_spec, qat, config)
     data = prepare_data(data_spec)
-    res = run_dqss_ptq(args.checkpoint, data, qat, args.out, iters=args.iters, lr=args.lr, seed=args.seed)
+    res = run_dqss_ptq(args.checkpoint, data, qat, args.out, iters=args.iters, lr=args.lr, seed=args.seed,
+                       easyquant_steps=args.easyquant_steps)
     for name, (a, w) in res.choices.items():
         print(f"  {name:28s} activations {a:10s} weights {w}")
     print(f"DQSS-{args.mode.upper()} {config}: val {100 * res.val_acc:.2f}%  test {100 * res.test_acc:.2f}%  "
@@ -213,7 +214,7 @@ def _dqss_subsets(args: argparse.Namespace, data_spec: object, qat: object, conf
     tracker = JobTracker(spec)
     with tracker.parent(tags={"stage": "dqss", "subsets": str(args.subsets), "config": config}):
         res = dqss_over_subsets(args.checkpoint, data_spec, qat, args.subsets, args.out, args.iters,  # type: ignore[arg-type]
-                                args.lr, args.seed, args.address)
+                                args.lr, args.seed, args.address, easyquant_steps=args.easyquant_steps)
         for t in res.trials:
             with tracker.child(f"subset{t['index']}", {"subset": t["index"]}):
                 tracker.log_metrics({k: t[k] for k in ("val_acc", "test_acc", "search_seconds")})
@@ -349,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     dq.add_argument("--calib-images", type=int, default=1024)
     dq.add_argument("--test-limit", type=int, default=None)
     dq.add_argument("--seed", type=int, default=0)
+    dq.add_argument("--easyquant-steps", type=int, default=100, help="EasyQuant grid points per search")
     dq.add_argument("--subsets", type=int, default=0, help="K > 0: K Ray Tune trials on K disjoint calibration "
                                                            "subsets, their agreement and a combined strategy")
     dq.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from quantsearch.cli import main
 from quantsearch.config import JobSpec
 from quantsearch.data import prepare_data
@@ -18,7 +17,7 @@ def test_dqss_subsets_cli(tmp_path, capsys, monkeypatch):
     train_fp32(spec, prepare_data(spec.data), tmp_path / "fp32", progress=False)
     out = tmp_path / "dqss"
     code = main(["dqss", "--checkpoint", str(tmp_path / "fp32" / "model.pt"), "--bits", "4", "--subsets", "2",
-                 "--calib-images", "128", "--iters", "10", "--out", str(out)])
+                 "--calib-images", "128", "--iters", "10", "--easyquant-steps", "8", "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0, printed
     summary = json.loads((out / "subsets.json").read_text())

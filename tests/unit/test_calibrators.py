@@ -2,13 +2,12 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
 from quantsearch.quant import QuantForm, QuantPolicy, convert, fake_quant, get_calibrator, grid_for
 from quantsearch.quant.easyquant import easyquant_layer
 from quantsearch.quant.kl import abs_histogram, kl_divergences, kl_threshold
 from quantsearch.quant.methods import calibrate_active
 from quantsearch.space import model_uniform, set_config
+from torch import nn
 
 SYM4 = QuantForm(4, "per_tensor", True)
 

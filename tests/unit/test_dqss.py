@@ -2,13 +2,12 @@ import json
 
 import pytest
 import torch
-from torch import nn
-
 from quantsearch.config import JobSpec, QATSpec
 from quantsearch.data import PreparedData, split_train_val
 from quantsearch.dqss import load_strategy, mix_quant, naive_mixed_forward, run_dqss_ptq
-from quantsearch.quant import grid_for, QuantForm
+from quantsearch.quant import QuantForm, grid_for
 from quantsearch.train import evaluate, load_checkpoint, load_model, train_fp32
+from torch import nn
 
 
 @pytest.mark.parametrize("per_channel, asym", [(True, False), (False, True)])
@@ -69,7 +68,8 @@ def tiny(tmp_path_factory, synthetic):
 def test_dqss_ptq_writes_strategy_and_rebuilds(tiny):
     out, data = tiny
     qat = QATSpec(config="uniform:W3A3", calib_images=128)
-    res = run_dqss_ptq(out / "fp32" / "model.pt", data, qat, out / "dqss", iters=20, lr=0.1, batch_size=64)
+    res = run_dqss_ptq(out / "fp32" / "model.pt", data, qat, out / "dqss", iters=20, lr=0.1, batch_size=64,
+                       easyquant_steps=10)
     st = load_strategy(res.strategy_path)
     assert st["mode"] == "ptq" and set(st["candidates"]) == {"maxabs", "kl", "easyquant", "admm"}
     layer = next(iter(st["layers"].values()))

@@ -36,14 +36,15 @@ def _trial(config: dict[str, Any]) -> None:
     subset = calibration_subsets(data.train, k, config["n"], config["seed"])[idx]
     out = Path(config["out"]) / f"subset{idx}"
     res = run_dqss_ptq(config["fp32"], data, QATSpec.model_validate(config["qat"]), out, iters=config["iters"],
-                       lr=config["lr"], seed=config["seed"] + idx, calib=subset)
-    ray.tune.report({"val_acc": res.val_acc, "test_acc": res.test_acc, "index": idx, "strategy": str(res.strategy_path),
-                     "search_seconds": res.search_seconds})
+                       lr=config["lr"], seed=config["seed"] + idx, calib=subset,
+                       easyquant_steps=config["easyquant_steps"])
+    ray.tune.report({"val_acc": res.val_acc, "test_acc": res.test_acc, "index": idx,
+                     "strategy": str(res.strategy_path), "search_seconds": res.search_seconds})
 
 
 def dqss_over_subsets(fp32_path: str | Path, data_spec: DataSpec, qat: QATSpec, k: int, out_dir: str | Path,
                       iters: int = 300, lr: float = 0.05, seed: int = 0, address: str | None = None,
-                      concurrent: int | None = None) -> SubsetsResult:
+                      concurrent: int | None = None, easyquant_steps: int = 100) -> SubsetsResult:
     """Run K trials in parallel (one CPU each), then vote and measure the combined strategy."""
     from ray import tune
 
@@ -64,10 +65,12 @@ def dqss_over_subsets(fp32_path: str | Path, data_spec: DataSpec, qat: QATSpec, 
     init_ray(address)
     space = {"index": tune.grid_search(list(range(k))), "k": k, "n": qat.calib_images, "seed": seed,
              "data": data_spec.model_dump(), "qat": qat.model_dump(), "fp32": str(Path(fp32_path).resolve()),
-             "out": str(out_dir), "iters": iters, "lr": lr}
+             "out": str(out_dir), "iters": iters, "lr": lr,
+             "easyquant_steps": easyquant_steps}
     tuner = tune.Tuner(tune.with_resources(_trial, {"cpu": 1}), param_space=space,
                        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent or k),
-                       run_config=tune.RunConfig(name=f"dqss-subsets-{out_dir.name}", storage_path=str(out_dir / "ray")))
+                       run_config=tune.RunConfig(name=f"dqss-subsets-{out_dir.name}",
+                                                 storage_path=str(out_dir / "ray")))
     grid = tuner.fit()
     if grid.errors:
         raise QuantsearchError(f"{len(grid.errors)} DQSS trial(s) failed: {str(grid.errors[0]).splitlines()[0]}")

@@ -28,7 +28,9 @@ def combined_choice(strategies: list[dict[str, Any]]) -> dict[str, tuple[str, st
     for name in strategies[0]["layers"]:
         mp = [sum(s["layers"][name]["p"][i] for s in strategies) / len(strategies) for i in range(len(cands))]
         mq = [sum(s["layers"][name]["q"][i] for s in strategies) / len(strategies) for i in range(len(cands))]
-        out[name] = (cands[max(range(len(cands)), key=mp.__getitem__)], cands[max(range(len(cands)), key=mq.__getitem__)])
+        best_a = max(range(len(cands)), key=mp.__getitem__)
+        best_w = max(range(len(cands)), key=mq.__getitem__)
+        out[name] = (cands[best_a], cands[best_w])
     return out
 
 

@@ -41,7 +41,7 @@ class DQSSResult:
 
 def run_dqss_ptq(fp32_path: str | Path, data: PreparedData, qat: QATSpec, out_dir: str | Path, iters: int = 300,
                  lr: float = 0.05, batch_size: int = 128, temperature: float = 1.0, seed: int = 0,
-                 calib: Any = None) -> DQSSResult:
+                 calib: Any = None, easyquant_steps: int = 100) -> DQSSResult:
     """PTQ DQSS: candidates from every strategy, alpha/beta trained on calibration images, argmax -> strategy."""
     fp32 = load_checkpoint(fp32_path, kind="fp32")
     teacher = build_model_from_checkpoint(fp32)
@@ -51,7 +51,7 @@ def run_dqss_ptq(fp32_path: str | Path, data: PreparedData, qat: QATSpec, out_di
     set_config(model, cfg)
     calib = calib if calib is not None else take(data.train, qat.calib_images, seed + 1)
     inputs = [x for x, _ in batches(calib, 256, data.mean, data.std)]
-    cands = candidate_scales(model, inputs)
+    cands = candidate_scales(model, inputs, easyquant_steps=easyquant_steps)
     mixers = attach_mixers(model, cands, temperature)
     log = train_mixers_ptq(model, teacher, mixers, calib, data.mean, data.std, iters, lr, batch_size, seed)
     layers = choose(mixers)
@@ -63,6 +63,7 @@ def run_dqss_ptq(fp32_path: str | Path, data: PreparedData, qat: QATSpec, out_di
     strategy = {"format": STRATEGY_FORMAT, "mode": "ptq", "config": cfg.to_dict(), "candidates": list(STRATEGIES),
                 "search": {"iters": iters, "lr": lr, "batch_size": batch_size, "temperature": temperature,
                            "loss": "KL(fp32 || quantized) logits", "calib_images": len(calib), "seed": seed,
+                           "easyquant_steps": easyquant_steps,
                            "final_loss": log.losses[-1] if log.losses else None, "seconds": log.seconds},
                 "layers": layers}
     path = out_dir / "strategy.json"
@@ -72,8 +73,9 @@ def run_dqss_ptq(fp32_path: str | Path, data: PreparedData, qat: QATSpec, out_di
         "num_classes": fp32["num_classes"], "in_channels": fp32["in_channels"],
         "input_shape": list(example.shape[1:]), "state_dict": copy.deepcopy(model.state_dict()),
         "config": cfg.to_json(), "seed": seed})
-    atomic_write_json(out_dir / "metrics.json", {"val_acc": val, "test_acc": test, "config": qat.config,
-                                                 "search_seconds": log.seconds, "losses": log.losses[:: max(1, iters // 50)]})
+    atomic_write_json(out_dir / "metrics.json", {
+        "val_acc": val, "test_acc": test, "config": qat.config, "search_seconds": log.seconds,
+        "losses": log.losses[:: max(1, iters // 50)]})
     return DQSSResult(path, val, test, {n: (v["activation"], v["weight"]) for n, v in layers.items()}, log.seconds)
 
 

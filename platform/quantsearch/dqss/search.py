@@ -52,13 +52,15 @@ class Mixer(nn.Module):
         return F.linear(xm, wm, layer.bias)
 
 
-def candidate_scales(model: nn.Module, inputs: list[torch.Tensor], strategies: tuple[str, ...] = STRATEGIES
+def candidate_scales(model: nn.Module, inputs: list[torch.Tensor], strategies: tuple[str, ...] = STRATEGIES,
+                     easyquant_steps: int = 100, easyquant_rounds: int = 2
                      ) -> dict[str, dict[str, list[torch.Tensor | None]]]:
     """Per layer, the active forms' scales (and zero points) each strategy calibrates."""
     out: dict[str, dict[str, list[torch.Tensor | None]]] = {
         n: {"a_scale": [], "a_zp": [], "w_scale": [], "w_zp": []} for n in quant_layers(model)}
     for method in strategies:
-        calibrate_active(model, inputs, (method, method))
+        calibrate_active(model, inputs, (method, method), easyquant_steps=easyquant_steps,
+                         easyquant_rounds=easyquant_rounds)
         for name, layer in quant_layers(model).items():
             cfg = layer.layer_config()
             s, z = layer.aq.qparams(cfg.activation)

@@ -99,13 +99,18 @@ class KLCalibrator(Calibrator):
     def scale_offset(self, x: torch.Tensor, form: QuantForm, nonneg: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """KL-optimal threshold of |x| per row."""
+        import math
+
         from quantsearch.quant.kl import abs_histogram, kl_threshold
 
         rows = _rows(x, form.per_channel)
         levels = 2**form.bits if (nonneg or not form.symmetric) else 2 ** (form.bits - 1)
+        # 2048 bins for large tensors; a row of a few hundred weights gets the next power of two above its
+        # size (at least 4 bins per level), as finer bins would be empty and the [cuts x bins] batch grows as bins^2
+        bins = min(2048, max(4 * levels, 2 ** math.ceil(math.log2(max(rows.shape[1], 2)))))
         ts = []
         for r in rows:
-            hist, amax = abs_histogram(r)
+            hist, amax = abs_histogram(r, bins=bins)
             ts.append(kl_threshold(hist, amax, levels))
         return _threshold_to_qparams(rows, torch.tensor(ts, dtype=rows.dtype), form, nonneg)
 

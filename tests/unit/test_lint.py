@@ -1,0 +1,16 @@
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_ruff_clean():
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    r = subprocess.run([ruff, "check", "platform", "tests", "benchmarks"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_platform_holds_only_the_package():
+    assert sorted(p.name for p in (ROOT / "platform").iterdir()) == ["quantsearch"]
