@@ -46,6 +46,8 @@ benchmarks: install data
 	$(PY) benchmarks/fp32_baseline.py
 	$(PY) benchmarks/quant_overhead.py
 	$(PY) benchmarks/lsq_baseline.py
+	$(PY) benchmarks/eqnet_quality.py --epochs 3
+	$(PY) benchmarks/train_scaling.py
 
 clean:
 	rm -rf runs .pytest_cache build dist
