@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from quantsearch.config import DataSpec
 from quantsearch.data.datasets import ArrayData, DataBundle, load_dataset
 from quantsearch.data.splits import split_train_val, take
@@ -27,6 +29,12 @@ class PreparedData:
     def std(self) -> float:
         """Normalisation std."""
         return self.bundle.std
+
+    def example(self, seed: int = 0) -> torch.Tensor:
+        """Two normalised training images: enough to trace layer order and shapes."""
+        from quantsearch.data.loader import batches
+
+        return next(batches(take(self.train, 2, seed), 2, self.mean, self.std))[0]
 
 
 def prepare_data(spec: DataSpec) -> PreparedData:

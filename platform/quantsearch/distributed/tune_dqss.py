@@ -49,7 +49,7 @@ def dqss_over_subsets(fp32_path: str | Path, data_spec: DataSpec, qat: QATSpec, 
     from ray import tune
 
     from quantsearch._util import atomic_write_json
-    from quantsearch.data import batches, calibration_subsets, prepare_data, take
+    from quantsearch.data import batches, calibration_subsets, prepare_data
     from quantsearch.distributed.ray_env import init_ray
     from quantsearch.dqss.combine import agreement, combined_choice, heatmap
     from quantsearch.dqss.run import load_strategy
@@ -79,7 +79,7 @@ def dqss_over_subsets(fp32_path: str | Path, data_spec: DataSpec, qat: QATSpec, 
     agree = agreement(strategies)
     combined = combined_choice(strategies)
     fp32 = load_checkpoint(fp32_path, kind="fp32")
-    model = quantized_model(fp32, next(batches(take(data.train, 2, seed), 2, data.mean, data.std))[0])
+    model = quantized_model(fp32, data.example(seed))
     set_config(model, resolve_config(qat, model))
     calib = calibration_subsets(data.train, k, qat.calib_images, seed)[0]
     calibrate_active(model, [x for x, _ in batches(calib, 256, data.mean, data.std)], combined)

@@ -20,7 +20,7 @@ from quantsearch.dqss.search import (
     train_mixers_ptq,
 )
 from quantsearch.space import set_config
-from quantsearch.train.checkpoint import load_checkpoint, save_checkpoint
+from quantsearch.train.checkpoint import load_checkpoint, model_meta, save_checkpoint
 from quantsearch.train.fit import build_model_from_checkpoint
 from quantsearch.train.loop import evaluate
 from quantsearch.train.qat import quantized_model, resolve_config
@@ -45,7 +45,7 @@ def run_dqss_ptq(fp32_path: str | Path, data: PreparedData, qat: QATSpec, out_di
     """PTQ DQSS: candidates from every strategy, alpha/beta trained on calibration images, argmax -> strategy."""
     fp32 = load_checkpoint(fp32_path, kind="fp32")
     teacher = build_model_from_checkpoint(fp32)
-    example = next(batches(take(data.train, 2, seed), 2, data.mean, data.std))[0]
+    example = data.example(seed)
     model = quantized_model(fp32, example)
     cfg = resolve_config(qat, model)
     set_config(model, cfg)
@@ -69,9 +69,7 @@ def run_dqss_ptq(fp32_path: str | Path, data: PreparedData, qat: QATSpec, out_di
     path = out_dir / "strategy.json"
     atomic_write_json(path, strategy)
     save_checkpoint(out_dir / "model.pt", {
-        "kind": "dqss", "model_name": fp32["model_name"], "dataset": fp32["dataset"],
-        "num_classes": fp32["num_classes"], "in_channels": fp32["in_channels"],
-        "input_shape": list(example.shape[1:]), "state_dict": copy.deepcopy(model.state_dict()),
+        "kind": "dqss", **model_meta(fp32, example), "state_dict": copy.deepcopy(model.state_dict()),
         "config": cfg.to_json(), "seed": seed})
     atomic_write_json(out_dir / "metrics.json", {
         "val_acc": val, "test_acc": test, "config": qat.config, "search_seconds": log.seconds,

@@ -65,7 +65,7 @@ def supernet_data(spec: JobSpec, data: PreparedData) -> PreparedData:
 
 def example_input(data: PreparedData) -> torch.Tensor:
     """Two normalised training images (for tracing layer order and shapes)."""
-    return next(batches(take(data.train, 2, 0), 2, data.mean, data.std))[0]
+    return data.example(0)
 
 
 def build_run(spec: JobSpec, data: PreparedData, fp32: Payload, world: int = 1) -> SupernetRun:

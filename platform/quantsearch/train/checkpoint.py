@@ -14,6 +14,12 @@ FORMAT = "quantsearch-checkpoint"
 VERSION = 1
 
 
+def model_meta(fp32: dict[str, Any], example: torch.Tensor) -> dict[str, Any]:
+    """The fields every quantized checkpoint carries to rebuild its model from an FP32 one."""
+    return {"model_name": fp32["model_name"], "dataset": fp32["dataset"], "num_classes": fp32["num_classes"],
+            "in_channels": fp32["in_channels"], "input_shape": list(example.shape[1:])}
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Save `payload` plus format/version keys; never leaves a half-written file."""
     atomic_torch_save(path, {"format": FORMAT, "version": VERSION, **payload})

@@ -11,7 +11,7 @@ from quantsearch.config import QATSpec
 from quantsearch.data import PreparedData, batches, take
 from quantsearch.quant.methods import calibrate_active
 from quantsearch.space import SubnetConfig, set_config
-from quantsearch.train.checkpoint import load_checkpoint, save_checkpoint
+from quantsearch.train.checkpoint import load_checkpoint, model_meta, save_checkpoint
 from quantsearch.train.loop import evaluate
 from quantsearch.train.qat import quantized_model, resolve_config
 
@@ -32,7 +32,7 @@ def calibrate_ptq(fp32_path: str | Path, data: PreparedData, qat: QATSpec, act_m
                   out_dir: str | Path, seed: int = 0) -> PTQResult:
     """Convert, set the config, calibrate its forms with the methods, evaluate; save model.pt + metrics.json."""
     fp32 = load_checkpoint(fp32_path, kind="fp32")
-    example = next(batches(take(data.train, 2, seed), 2, data.mean, data.std))[0]
+    example = data.example(seed)
     model = quantized_model(fp32, example)
     cfg = resolve_config(qat, model)
     set_config(model, cfg)
@@ -46,9 +46,7 @@ def calibrate_ptq(fp32_path: str | Path, data: PreparedData, qat: QATSpec, act_m
     out_dir = Path(out_dir)
     ckpt = out_dir / "model.pt"
     method = act_method if act_method == weight_method else f"{act_method}/{weight_method}"
-    save_checkpoint(ckpt, {"kind": "ptq", "model_name": fp32["model_name"], "dataset": fp32["dataset"],
-                           "num_classes": fp32["num_classes"], "in_channels": fp32["in_channels"],
-                           "input_shape": list(example.shape[1:]), "state_dict": model.state_dict(),
+    save_checkpoint(ckpt, {"kind": "ptq", **model_meta(fp32, example), "state_dict": model.state_dict(),
                            "config": cfg.to_json(), "method": method, "seed": seed})
     atomic_write_json(out_dir / "metrics.json", {"config": qat.config, "method": method, "val_acc": val,
                                                  "test_acc": test, "calibration_seconds": seconds,

@@ -20,7 +20,7 @@ from quantsearch.data import PreparedData, batches, take
 from quantsearch.errors import ConfigError
 from quantsearch.quant import QuantPolicy, calibrate_model, convert, get_profile
 from quantsearch.space import SearchSpace, SubnetConfig, parse_uniform, set_config
-from quantsearch.train.checkpoint import load_checkpoint, save_checkpoint
+from quantsearch.train.checkpoint import load_checkpoint, model_meta, save_checkpoint
 from quantsearch.train.fit import build_model_from_checkpoint
 from quantsearch.train.loop import evaluate, train_epoch
 from quantsearch.train.optim import make_scheduler
@@ -77,7 +77,7 @@ def train_qat(spec: JobSpec, data: PreparedData, out_dir: str | Path, progress: 
     ckpt_path = Path(qat.checkpoint or Path(spec.output_dir) / "fp32" / "model.pt")
     fp32 = load_checkpoint(ckpt_path, kind="fp32")
     gen = seed_everything(spec.seed)
-    example = next(batches(take(data.train, 2, spec.seed), 2, data.mean, data.std))[0]
+    example = data.example(spec.seed)
     model = quantized_model(fp32, example)
     cfg = resolve_config(qat, model)
     calib = take(data.train, qat.calib_images, spec.seed + 1)
@@ -99,9 +99,7 @@ def train_qat(spec: JobSpec, data: PreparedData, out_dir: str | Path, progress: 
     test = evaluate(model, data.test, data.mean, data.std).top1
     out_ckpt = out_dir / "model.pt"
     save_checkpoint(out_ckpt, {
-        "kind": "qat", "model_name": fp32["model_name"], "dataset": fp32["dataset"],
-        "num_classes": fp32["num_classes"], "in_channels": fp32["in_channels"],
-        "input_shape": list(example.shape[1:]), "state_dict": model.state_dict(),
+        "kind": "qat", **model_meta(fp32, example), "state_dict": model.state_dict(),
         "config": cfg.to_json(), "epoch": qat.epochs, "seed": spec.seed,
     })
     atomic_write_json(out_dir / "config.json", cfg.to_dict())
