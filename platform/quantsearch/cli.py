@@ -97,18 +97,29 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a checkpoint on the test (or val) split."""
+    """Evaluate a checkpoint, or the model a DQSS strategy file describes, on the test (or val) split."""
     from quantsearch.config import DataSpec
     from quantsearch.data import prepare_data
     from quantsearch.train import evaluate, load_checkpoint, load_model
 
-    ckpt = load_checkpoint(args.checkpoint)
-    data = prepare_data(DataSpec(name=args.data or ckpt["dataset"], root=args.root, test_limit=args.limit))
-    model = load_model(ckpt)
+    if args.strategy:
+        from quantsearch.dqss import build_from_strategy, load_strategy, strategy_weights
+
+        st = load_strategy(args.strategy)
+        model = build_from_strategy(args.strategy, args.checkpoint)
+        label = f"{args.strategy}: DQSS-{st['mode'].upper()} strategy"
+        dataset = load_checkpoint(args.checkpoint or strategy_weights(args.strategy, st))["dataset"]
+    elif args.checkpoint:
+        ckpt = load_checkpoint(args.checkpoint)
+        model = load_model(ckpt)
+        label = f"{args.checkpoint}: {ckpt['kind']} {ckpt['model_name']}"
+        dataset = ckpt["dataset"]
+    else:
+        raise ConfigError("eval needs --checkpoint MODEL.pt or --strategy strategy.json")
+    data = prepare_data(DataSpec(name=args.data or dataset, root=args.root, test_limit=args.limit))
     split = data.test if args.split == "test" else data.val
     res = evaluate(model, split, data.mean, data.std)
-    print(f"{args.checkpoint}: {ckpt['kind']} {ckpt['model_name']}  {args.split} top-1 {100 * res.top1:.2f}%  "
-          f"loss {res.loss:.4f}  n={res.n}")
+    print(f"{label}  {args.split} top-1 {100 * res.top1:.2f}%  loss {res.loss:.4f}  n={res.n}")
     return 0
 
 
@@ -179,10 +190,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_dqss(args: argparse.Namespace) -> int:
-    """DQSS (PTQ): choose each layer's calibration algorithm for activations and weights by gradient."""
+    """DQSS: choose each layer's calibration algorithm for activations and weights by gradient (PTQ or QAT)."""
     from quantsearch.config import DataSpec, QATSpec
     from quantsearch.data import prepare_data
-    from quantsearch.dqss import run_dqss_ptq
+    from quantsearch.dqss import QATSchedule, run_dqss_ptq, run_dqss_qat
     from quantsearch.train import load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint, kind="fp32")
@@ -191,16 +202,30 @@ def cmd_dqss(args: argparse.Namespace) -> int:
         qat = QATSpec(config=config, profile=args.profile, calib_images=args.calib_images)
     except ValueError as exc:
         raise ConfigError(f"invalid DQSS settings: {str(exc).splitlines()[-1].strip()}") from exc
+    if args.mode == "qat" and args.subsets:
+        raise ConfigError("--subsets runs PTQ searches on calibration subsets; drop --subsets or use --mode ptq")
+    if args.search_epochs <= 0 or args.finetune_epochs < 0:
+        raise ConfigError("--search-epochs must be > 0 and --finetune-epochs >= 0")
+    if args.lr is None:
+        args.lr = 0.01 if args.mode == "qat" else 0.05
     data_spec = DataSpec(name=ckpt["dataset"], test_limit=args.test_limit)
     if args.subsets:
         return _dqss_subsets(args, data_spec, qat, config)
     data = prepare_data(data_spec)
-    res = run_dqss_ptq(args.checkpoint, data, qat, args.out, iters=args.iters, lr=args.lr, seed=args.seed,
-                       easyquant_steps=args.easyquant_steps)
+    tie = not args.no_tie
+    if args.mode == "qat":
+        sch = QATSchedule(search_epochs=args.search_epochs, finetune_epochs=args.finetune_epochs,
+                          lr=args.weight_lr, scale_lr=args.scale_lr, arch_lr=args.lr, kd_weight=args.kd_weight)
+        res = run_dqss_qat(args.checkpoint, data, qat, args.out, sch, seed=args.seed,
+                           easyquant_steps=args.easyquant_steps, tie=tie, progress=not args.quiet)
+    else:
+        res = run_dqss_ptq(args.checkpoint, data, qat, args.out, iters=args.iters, lr=args.lr, seed=args.seed,
+                           easyquant_steps=args.easyquant_steps, tie=tie)
     for name, (a, w) in res.choices.items():
         print(f"  {name:28s} activations {a:10s} weights {w}")
+    extra = f", fine-tune {res.finetune_seconds:.0f}s" if args.mode == "qat" else ""
     print(f"DQSS-{args.mode.upper()} {config}: val {100 * res.val_acc:.2f}%  test {100 * res.test_acc:.2f}%  "
-          f"(search {res.search_seconds:.0f}s) -> {res.strategy_path}")
+          f"(search {res.search_seconds:.0f}s{extra}) -> {res.strategy_path}")
     return 0
 
 
@@ -294,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint (FP32 or quantized)")
-    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--checkpoint", default=None, help="model checkpoint (with --strategy: the weights to use)")
+    ev.add_argument("--strategy", default=None, help="a DQSS strategy.json: rebuild its model and evaluate it")
     ev.add_argument("--data", default=None, help="default: the checkpoint's dataset")
     ev.add_argument("--root", default=None)
     ev.add_argument("--split", choices=["test", "val"], default="test")
@@ -340,13 +366,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     dq = sub.add_parser("dqss", help="DQSS: differentiable per-layer choice of calibration algorithm")
     dq.add_argument("--checkpoint", required=True, help="FP32 checkpoint")
-    dq.add_argument("--mode", choices=["ptq"], default="ptq", help="ptq: only the strategy weights learn")
+    dq.add_argument("--mode", choices=["ptq", "qat"], default="ptq",
+                    help="ptq: only alpha/beta learn on calibration images; qat: weights, scales and alpha/beta "
+                         "learn together on the training set, then the argmax strategy is fine-tuned")
     bits = dq.add_mutually_exclusive_group(required=True)
     bits.add_argument("--bits", type=int, help="uniform W<b>A<b> (first/last layer stay 8-bit)")
     bits.add_argument("--subnet", help="a SubnetConfig JSON (e.g. a searched subnet's per-layer bits)")
     dq.add_argument("--profile", default="generic")
-    dq.add_argument("--iters", type=int, default=300)
-    dq.add_argument("--lr", type=float, default=0.05, help="Adam learning rate of alpha/beta")
+    dq.add_argument("--iters", type=int, default=300, help="PTQ search steps")
+    dq.add_argument("--lr", type=float, default=None, help="learning rate of alpha/beta (default 0.05 PTQ, 0.01 QAT)")
+    dq.add_argument("--search-epochs", type=float, default=1.0, help="QAT: epochs of the joint search")
+    dq.add_argument("--finetune-epochs", type=float, default=1.0, help="QAT: epochs fine-tuning the argmax strategy")
+    dq.add_argument("--weight-lr", type=float, default=1e-3, help="QAT: learning rate of the network weights")
+    dq.add_argument("--scale-lr", type=float, default=1e-3, help="QAT: learning rate of the quantizer scales")
+    dq.add_argument("--kd-weight", type=float, default=1.0, help="QAT: weight of the KL-to-FP32 term next to CE")
+    dq.add_argument("--no-tie", action="store_true", help="one alpha per layer even where layers share an input")
+    dq.add_argument("--quiet", action="store_true", help="no progress bars")
     dq.add_argument("--calib-images", type=int, default=1024)
     dq.add_argument("--test-limit", type=int, default=None)
     dq.add_argument("--seed", type=int, default=0)

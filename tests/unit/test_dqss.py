@@ -4,7 +4,19 @@ import pytest
 import torch
 from quantsearch.config import JobSpec, QATSpec
 from quantsearch.data import PreparedData, split_train_val
-from quantsearch.dqss import load_strategy, mix_quant, naive_mixed_forward, run_dqss_ptq
+from quantsearch.dqss import (
+    QATSchedule,
+    build_from_strategy,
+    load_strategy,
+    mix_quant,
+    naive_mixed_forward,
+    run_dqss_ptq,
+    run_dqss_qat,
+    shared_input_groups,
+)
+from quantsearch.errors import ConfigError
+from quantsearch.models import create
+from quantsearch.quant import QuantPolicy, convert
 from quantsearch.quant import QuantForm, grid_for
 from quantsearch.train import evaluate, load_checkpoint, load_model, train_fp32
 from torch import nn
@@ -24,11 +36,13 @@ def test_efficient_mixed_layer_equals_naive_n_squared(per_channel, asym):
     a_range, w_range = grid_for(a_form, False), grid_for(w_form, False)
     alpha = torch.randn(n, requires_grad=True)
     beta = torch.randn(n, requires_grad=True)
+    a_scales.requires_grad_(True)  # QAT learns the candidate scales too (LSQ gradient per branch)
+    w_scales.requires_grad_(True)
     grads = []
     outs = []
     for efficient in (True, False):
         conv.zero_grad()
-        alpha.grad = beta.grad = None
+        alpha.grad = beta.grad = a_scales.grad = w_scales.grad = None
         x = x0.clone().requires_grad_(True)
         p, q = torch.softmax(alpha, 0), torch.softmax(beta, 0)
         if efficient:
@@ -40,7 +54,8 @@ def test_efficient_mixed_layer_equals_naive_n_squared(per_channel, asym):
         g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
         y.backward(g)
         outs.append(y.detach())
-        grads.append((x.grad.clone(), alpha.grad.clone(), beta.grad.clone(), conv.weight.grad.clone()))
+        grads.append((x.grad.clone(), alpha.grad.clone(), beta.grad.clone(), conv.weight.grad.clone(),
+                      a_scales.grad.clone(), w_scales.grad.clone()))
     assert torch.allclose(outs[0], outs[1], atol=1e-5)
     for a, b in zip(grads[0], grads[1], strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
@@ -79,3 +94,50 @@ def test_dqss_ptq_writes_strategy_and_rebuilds(tiny):
     model = load_model(load_checkpoint(out / "dqss" / "model.pt"))
     assert evaluate(model, data.test, data.mean, data.std).top1 == pytest.approx(res.test_acc)
     assert json.loads((out / "dqss" / "metrics.json").read_text())["test_acc"] == res.test_acc
+    # the strategy file + the FP32 checkpoint alone rebuild the same model (what export uses)
+    rebuilt = build_from_strategy(res.strategy_path)
+    assert evaluate(rebuilt, data.test, data.mean, data.std).top1 == pytest.approx(res.test_acc)
+    # tied layers (same input tensor) chose the same activation algorithm and scale
+    groups = {}
+    for name, v in st["layers"].items():
+        groups.setdefault(v["activation_group"], []).append(v)
+    shared = [g for g in groups.values() if len(g) > 1]
+    assert shared, "resnet8's downsample conv shares its block's input"
+    for g in shared:
+        assert len({(v["activation"], v["activation_scale"], tuple(v["p"])) for v in g}) == 1
+
+
+def test_shared_input_groups_tie_residual_branches():
+    model = convert(create("resnet8", 10, 1), QuantPolicy(), torch.zeros(2, 1, 28, 28))
+    groups = shared_input_groups(model, torch.randn(2, 1, 28, 28))
+    tied = {n: lead for n, lead in groups.items() if n != lead}
+    # every downsample 1x1 conv reads the same tensor as its block's first 3x3 conv
+    assert tied and all("downsample" in n or "shortcut" in n for n in tied), tied
+    assert all(groups[lead] == lead for lead in tied.values())
+
+
+def test_dqss_qat_searches_finetunes_and_rebuilds(tiny):
+    out, data = tiny
+    qat = QATSpec(config="uniform:W4A4", calib_images=128)
+    sch = QATSchedule(search_epochs=1.0, finetune_epochs=1.0, batch_size=64)
+    res = run_dqss_qat(out / "fp32" / "model.pt", data, qat, out / "dqss-qat", sch, easyquant_steps=10)
+    st = load_strategy(res.strategy_path)
+    assert st["mode"] == "qat" and st["weights"] == "model.pt"
+    assert st["search"]["search_steps"] == st["search"]["finetune_steps"] == len(data.train) // 64
+    # alpha/beta moved during the joint pass
+    assert any(max(v["p"]) > 0.26 or max(v["q"]) > 0.26 for v in st["layers"].values())
+    fp32_acc = evaluate(load_model(load_checkpoint(out / "fp32" / "model.pt")), data.test, data.mean,
+                        data.std).top1
+    assert res.test_acc > fp32_acc - 0.1
+    rebuilt = build_from_strategy(res.strategy_path)
+    assert evaluate(rebuilt, data.test, data.mean, data.std).top1 == pytest.approx(res.test_acc)
+    # the same seed gives the same strategy and accuracy
+    res2 = run_dqss_qat(out / "fp32" / "model.pt", data, qat, out / "dqss-qat2", sch, easyquant_steps=10)
+    assert res2.test_acc == res.test_acc and res2.choices == res.choices
+
+
+def test_strategy_file_errors_are_one_line(tmp_path):
+    bad = tmp_path / "s.json"
+    bad.write_text('{"format": "something-else"}')
+    with pytest.raises(ConfigError, match="not a DQSS strategy file"):
+        load_strategy(bad)

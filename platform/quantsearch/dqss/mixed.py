@@ -3,6 +3,7 @@
 ONE convolution per layer, exactly equal to the naive sum of N^2 convolutions sum_ij p_i q_j conv(Q_i(x), Q_j(W))
 because convolution is bilinear and sum(p) = sum(q) = 1. The mixture is a custom autograd function that saves
 x, p and the candidate scales and recomputes the N branches in backward instead of keeping N copies of x.
+In QAT the candidate scales learn too (LSQ gradient per branch, weighted by p_i).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantsearch.quant.fakequant import _forward_with_mask
+from quantsearch.quant.fakequant import _forward_with_mask, _reduce
 
 
 def _branches(x: torch.Tensor, scales: torch.Tensor, zps: torch.Tensor | None, qmin: int, qmax: int,
@@ -40,13 +41,22 @@ class _Mixture(torch.autograd.Function):
         qmin, qmax, shape, has_zp = ctx.meta
         grad = grad.contiguous()
         grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        grad_s = torch.zeros_like(scales) if ctx.needs_input_grad[2] else None
         grad_p = torch.zeros_like(p)
         flat_g = grad.reshape(-1)
         for i, (xq, mask) in enumerate(_branches(x, scales, zps if has_zp else None, qmin, qmax, shape)):
             grad_p[i] = torch.dot(flat_g, xq.reshape(-1))
+            if grad_x is None and grad_s is None:
+                continue
+            grad_in = torch.where(mask, grad, 0.0)
             if grad_x is not None:
-                grad_x.add_(torch.where(mask, grad, 0.0), alpha=float(p[i]))
-        return grad_x, grad_p, None, None, None, None, None
+                grad_x.add_(grad_in, alpha=float(p[i]))
+            if grad_s is not None:
+                # LSQ: d x_q/d s = (x_q - x)/s in range, x_q/s where clipped (as in fakequant._FakeQuant)
+                s = scales[i].reshape(shape)
+                g_s = (_reduce(grad, xq, s.shape) - _reduce(grad_in, x, s.shape)) / s
+                grad_s[i] = p[i] * g_s.reshape(scales[i].shape)
+        return grad_x, grad_p, grad_s, None, None, None, None
 
 
 def mix_quant(x: torch.Tensor, p: torch.Tensor, scales: torch.Tensor, zps: torch.Tensor | None, qmin: int,

@@ -14,39 +14,80 @@ from torch import nn
 from quantsearch.data import ArrayData, batches
 from quantsearch.dqss.mixed import mix_quant
 from quantsearch.quant.convert import quant_layers
-from quantsearch.quant.forms import grid_for
+from quantsearch.quant.fakequant import grad_scale, lsq_grad_factor
+from quantsearch.quant.forms import QuantForm, grid_for
 from quantsearch.quant.methods import calibrate_active
 
 STRATEGIES = ("maxabs", "kl", "easyquant", "admm")
 
 
-class Mixer(nn.Module):
-    """alpha over input-scale candidates, beta over weight-scale candidates, for one quantized layer."""
+class ActMix(nn.Module):
+    """alpha over one activation tensor's scale candidates; shared by every layer that reads that tensor."""
 
-    def __init__(self, layer: nn.Module, cands: dict[str, list[torch.Tensor | None]], temperature: float) -> None:
+    def __init__(self, form: QuantForm, nonneg: bool, scales: list[torch.Tensor | None],
+                 zps: list[torch.Tensor | None], temperature: float) -> None:
         super().__init__()
-        cfg = layer.layer_config()  # type: ignore[attr-defined]
-        self.w_form, self.a_form = cfg.weight, cfg.activation
-        self.nonneg = bool(layer.aq.nonneg)  # type: ignore[attr-defined]
-        n = len(cands["a_scale"])
-        self.alpha = nn.Parameter(torch.zeros(n))
-        self.beta = nn.Parameter(torch.zeros(n))
-        self.temperature = temperature
-        self.register_buffer("a_scales", torch.stack([t.reshape(()) for t in cands["a_scale"]]))  # type: ignore[misc]
-        self.register_buffer("w_scales", torch.stack([t.reshape(-1) for t in cands["w_scale"]]))  # type: ignore[misc]
-        self.a_zps = None if self.a_form.symmetric else torch.stack([t.reshape(()).round() for t in cands["a_zp"]])
-        self.w_zps = None if self.w_form.symmetric else torch.stack([t.reshape(-1).round() for t in cands["w_zp"]])
+        self.form, self.nonneg, self.temperature = form, nonneg, temperature
+        self.alpha = nn.Parameter(torch.zeros(len(scales)))
+        # candidate scales are parameters so QAT can move them (LSQ); PTQ freezes them
+        self.scales = nn.Parameter(torch.stack([t.reshape(()) for t in scales if t is not None]), requires_grad=False)
+        self.zps = None if form.symmetric else torch.stack([t.reshape(()).round() for t in zps if t is not None])
+
+    def probs(self) -> torch.Tensor:
+        """p = softmax(alpha / T)."""
+        return F.softmax(self.alpha / self.temperature, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x~ = sum_i p_i Q(x; s_i)."""
+        qmin, qmax = grid_for(self.form, self.nonneg)
+        s = self.scales.abs()
+        if self.scales.requires_grad:
+            s = grad_scale(s, lsq_grad_factor(x[0].numel() if x.dim() > 1 else x.numel(), qmax))
+        return mix_quant(x, self.probs(), s, self.zps, qmin, qmax, per_channel=False)
+
+
+class WeightMix(nn.Module):
+    """beta over one layer's weight scale candidates (per channel: each candidate is a [C_out] vector)."""
+
+    def __init__(self, form: QuantForm, scales: list[torch.Tensor | None], zps: list[torch.Tensor | None],
+                 temperature: float) -> None:
+        super().__init__()
+        self.form, self.temperature = form, temperature
+        self.beta = nn.Parameter(torch.zeros(len(scales)))
+        flat = [t.reshape(-1) for t in scales if t is not None]
+        stacked = torch.stack(flat) if form.per_channel else torch.stack([t.reshape(()) for t in flat])
+        self.scales = nn.Parameter(stacked, requires_grad=False)
+        self.zps = None if form.symmetric else torch.stack(
+            [(t.reshape(-1) if form.per_channel else t.reshape(())).round() for t in zps if t is not None])
+
+    def probs(self) -> torch.Tensor:
+        """q = softmax(beta / T)."""
+        return F.softmax(self.beta / self.temperature, 0)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        """W~ = sum_j q_j Q(W; t_j)."""
+        qmin, qmax = grid_for(self.form, False)
+        s = self.scales.abs()
+        if self.scales.requires_grad:
+            s = grad_scale(s, lsq_grad_factor(w[0].numel() if self.form.per_channel else w.numel(), qmax))
+        return mix_quant(w, self.probs(), s, self.zps, qmin, qmax, per_channel=self.form.per_channel)
+
+
+class Mixer(nn.Module):
+    """A quantized layer's strategy mixture: its (possibly shared) ActMix and its own WeightMix."""
+
+    def __init__(self, act: ActMix, weight: WeightMix, group: str) -> None:
+        super().__init__()
+        self.act, self.weight = act, weight
+        self.group = group  # the first layer reading the same input tensor (itself when not shared)
 
     def probs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(p, q) = softmax(alpha/T), softmax(beta/T)."""
-        return F.softmax(self.alpha / self.temperature, 0), F.softmax(self.beta / self.temperature, 0)
+        return self.act.probs(), self.weight.probs()
 
     def forward(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """One convolution of the mixed input with the mixed weight."""
-        p, q = self.probs()
-        xm = mix_quant(x, p, self.a_scales, self.a_zps, *grid_for(self.a_form, self.nonneg), per_channel=False)
-        wm = mix_quant(layer.weight, q, self.w_scales if self.w_form.per_channel else self.w_scales.reshape(-1),
-                       self.w_zps, *grid_for(self.w_form, False), per_channel=self.w_form.per_channel)
+        xm, wm = self.act(x), self.weight(layer.weight)
         if isinstance(layer, nn.Conv2d):
             return layer._conv_forward(xm, wm, layer.bias)
         return F.linear(xm, wm, layer.bias)
@@ -72,14 +113,66 @@ def candidate_scales(model: nn.Module, inputs: list[torch.Tensor], strategies: t
     return out
 
 
+@torch.no_grad()
+def shared_input_groups(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
+    """Per quantized layer, the first layer (execution order) that reads the very same input tensor."""
+    seen: dict[int, str] = {}
+    keep: list[torch.Tensor] = []  # hold the inputs so no id() is reused within the forward
+    leader: dict[str, str] = {}
+
+    def hook(name: str):  # noqa: ANN202
+        def pre(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            keep.append(args[0])
+            leader[name] = seen.setdefault(id(args[0]), name)
+        return pre
+
+    layers = quant_layers(model)
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        model(example)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {n: leader.get(n, n) for n in layers}
+
+
 def attach_mixers(model: nn.Module, cands: dict[str, dict[str, list[torch.Tensor | None]]],
-                  temperature: float = 1.0) -> dict[str, Mixer]:
-    """Give every quantized layer a Mixer (its forward then runs the mixture)."""
-    mixers = {}
-    for name, layer in quant_layers(model).items():
-        layer.mixer = Mixer(layer, cands[name], temperature)  # type: ignore[attr-defined]
-        mixers[name] = layer.mixer  # type: ignore[attr-defined]
+                  temperature: float = 1.0, groups: dict[str, str] | None = None) -> dict[str, Mixer]:
+    """Give every quantized layer a Mixer (its forward then runs the mixture).
+
+    Layers in one group (same input tensor, same activation form) share ONE ActMix: one alpha and the group
+    leader's activation candidates, so the tensor is quantized once, as a deployed graph would.
+    """
+    mixers: dict[str, Mixer] = {}
+    layers = quant_layers(model)
+    for name, layer in layers.items():
+        cfg = layer.layer_config()
+        lead = (groups or {}).get(name, name)
+        if lead != name and lead in mixers and mixers[lead].act.form == cfg.activation:
+            act = mixers[lead].act
+        else:
+            lead = name
+            c = cands[name]
+            act = ActMix(cfg.activation, bool(layer.aq.nonneg), c["a_scale"], c["a_zp"], temperature)
+        c = cands[name]
+        layer.mixer = Mixer(act, WeightMix(cfg.weight, c["w_scale"], c["w_zp"], temperature), lead)
+        mixers[name] = layer.mixer
     return mixers
+
+
+def mixer_params(mixers: dict[str, Mixer]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(alpha/beta, candidate scales), each shared parameter once."""
+    arch: dict[int, nn.Parameter] = {}
+    scales: dict[int, nn.Parameter] = {}
+    for m in mixers.values():
+        for t in (m.act.alpha, m.weight.beta):
+            arch[id(t)] = t
+        for t in (m.act.scales, m.weight.scales):
+            scales[id(t)] = t
+    return list(arch.values()), list(scales.values())
 
 
 def detach_mixers(model: nn.Module) -> None:
@@ -103,9 +196,11 @@ def train_mixers_ptq(model: nn.Module, teacher: nn.Module, mixers: dict[str, Mix
     """PTQ: only alpha/beta learn (weights, BN and scales frozen, eval mode); loss = KL to the FP32 logits."""
     for p in model.parameters():
         p.requires_grad_(False)
-    params = [t for m in mixers.values() for t in (m.alpha, m.beta)]
+    params, scales = mixer_params(mixers)
     for t in params:
         t.requires_grad_(True)
+    for t in scales:
+        t.requires_grad_(False)
     opt = torch.optim.Adam(params, lr=lr)
     model.eval()
     teacher.eval()
@@ -138,16 +233,30 @@ def choose(mixers: dict[str, Mixer], strategies: tuple[str, ...] = STRATEGIES) -
     for name, m in mixers.items():
         p, q = m.probs()
         i, j = int(p.argmax()), int(q.argmax())
+        a, w = m.act, m.weight
         out[name] = {
-            "activation": strategies[i], "weight": strategies[j],
-            "activation_unsigned": m.nonneg,
-            "activation_scale": float(m.a_scales[i]),
-            "activation_zero_point": None if m.a_zps is None else float(m.a_zps[i]),
-            "weight_scale": m.w_scales[j].tolist(),
-            "weight_zero_point": None if m.w_zps is None else m.w_zps[j].tolist(),
+            "activation": strategies[i], "weight": strategies[j], "activation_group": m.group,
+            "activation_unsigned": a.nonneg,
+            "activation_scale": float(a.scales[i].abs()),
+            "activation_zero_point": None if a.zps is None else float(a.zps[i]),
+            "weight_scale": w.scales[j].abs().reshape(-1).tolist(),
+            "weight_zero_point": None if w.zps is None else w.zps[j].reshape(-1).tolist(),
             "p": [round(float(v), 6) for v in p], "q": [round(float(v), 6) for v in q],
         }
     return out
+
+
+@torch.no_grad()
+def read_scales(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
+    """Refresh a strategy's scales from the model's active forms (after QAT fine-tuning moved them)."""
+    for name, layer in quant_layers(model).items():
+        cfg = layer.layer_config()
+        s, z = layer.aq.qparams(cfg.activation)
+        layers[name]["activation_scale"] = float(s.abs().reshape(()))
+        layers[name]["activation_zero_point"] = None if z is None else float(z.round().reshape(()))
+        s, z = layer.wq.qparams(cfg.weight)
+        layers[name]["weight_scale"] = s.abs().reshape(-1).tolist()
+        layers[name]["weight_zero_point"] = None if z is None else z.round().reshape(-1).tolist()
 
 
 def apply_strategy(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
