@@ -39,11 +39,14 @@ def _reference_kl(hist, levels):
     return torch.tensor(out, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("dist", ["uniform", "gauss", "laplace_outliers"])
+@pytest.mark.parametrize("dist", ["uniform", "gauss", "laplace_outliers", "sparse_relu", "few_values"])
 def test_kl_vectorised_matches_reference_loop(dist):
     g = torch.Generator().manual_seed(0)
     x = {"uniform": torch.rand(5000, generator=g), "gauss": torch.randn(5000, generator=g),
-         "laplace_outliers": torch.cat([torch.distributions.Laplace(0, 1).sample((5000,)), torch.tensor([40.0])])}[dist]
+         "laplace_outliers": torch.cat([torch.distributions.Laplace(0, 1).sample((5000,)), torch.tensor([40.0])]),
+         # many empty bins, mass at zero, a far outlier: exercises empty groups and the tail-only last bin
+         "sparse_relu": torch.cat([torch.relu(torch.randn(300, generator=g)) ** 3, torch.tensor([90.0])]),
+         "few_values": torch.tensor([0.0, 1.0, 1.0, 2.0, 7.5, 7.5, 100.0])}[dist]
     hist, _ = abs_histogram(x, bins=256)
     cuts, kl = kl_divergences(hist, 16)
     ref = _reference_kl(hist, 16)

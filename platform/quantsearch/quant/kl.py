@@ -17,38 +17,50 @@ _EPS = 1e-10
 
 def abs_histogram(x: torch.Tensor, bins: int = BINS, amax: float | None = None) -> tuple[torch.Tensor, float]:
     """Histogram of |x| on [0, amax] (default max|x|); returns (counts float64, amax)."""
-    a = x.detach().abs().reshape(-1).double()
+    a = x.detach().abs().reshape(-1).float()
     top = float(a.max()) if amax is None else amax
     if top <= 0:
         return torch.zeros(bins, dtype=torch.float64), 0.0
-    return torch.histc(a.clamp_max(top), bins=bins, min=0.0, max=top), top
+    # counts are exact in float32 below 2^24 per bin; larger inputs go through float64
+    src = a.clamp_max_(top) if a.numel() < 2**24 else a.double().clamp_max_(top)
+    return torch.histc(src, bins=bins, min=0.0, max=top).double(), top
 
 
 def kl_divergences(hist: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cuts i, KL(P_i || Q_i)) for every cut i in [levels, len(hist)], computed as one [cuts, bins] batch."""
+    """(cuts i, KL(P_i || Q_i)) for every cut i in [levels, len(hist)], from prefix sums: O(cuts x levels).
+
+    sum(P) is the whole histogram H for every cut and sum(Q) = H - tail_i, so with group g's mass m_g and
+    non-empty count c_g the bins before the last one contribute
+        sum_j h_j/H log(h_j/H)  -  sum_g m'_g/H log(m_g / (c_g (H - tail_i)))
+    (m'_g: the mass without the last bin, which always falls in group L-1); the last bin, whose P carries
+    the tail, is added on its own.
+    """
     h = hist.double()
     n = h.numel()
+    total = h.sum()
     cuts = torch.arange(levels, n + 1)
-    j = torch.arange(n)
-    keep = j[None, :] < cuts[:, None]  # [C, n]
-    hk = torch.where(keep, h[None, :], 0.0)
-    tail = torch.flip(torch.cumsum(torch.flip(h, [0]), 0), [0])  # tail[k] = sum(h[k:])
-    p = hk.clone()
-    tails = torch.cat([tail, torch.zeros(1, dtype=h.dtype)])[cuts]
-    p[torch.arange(len(cuts)), cuts - 1] += tails
-    group = torch.div(j[None, :] * levels, cuts[:, None], rounding_mode="floor").clamp_max(levels - 1)
-    group = torch.where(keep, group, levels)  # bins past the cut go to a dummy group
-    rows = torch.arange(len(cuts))[:, None].expand_as(group)
-    flat = rows * (levels + 1) + group
-    mass = torch.zeros(len(cuts) * (levels + 1), dtype=h.dtype).scatter_add_(0, flat.reshape(-1), hk.reshape(-1))
-    nonzero = (hk > 0).double()
-    count = torch.zeros_like(mass).scatter_add_(0, flat.reshape(-1), nonzero.reshape(-1))
-    q = torch.where(hk > 0, (mass / count.clamp_min(1))[flat], 0.0)
-    p = p / p.sum(1, keepdim=True).clamp_min(_EPS)
-    q = q / q.sum(1, keepdim=True).clamp_min(_EPS)
-    q = torch.where((p > 0) & (q <= 0), _EPS, q)
-    terms = torch.where(p > 0, p * torch.log(p / q), 0.0)
-    return cuts, terms.sum(1)
+    zero = torch.zeros(1, dtype=h.dtype)
+    cs = torch.cat([zero, torch.cumsum(h, 0)])  # cs[k] = sum(h[:k])
+    cnz = torch.cat([zero, torch.cumsum((h > 0).double(), 0)])
+    plogp = torch.where(h > 0, h / total * torch.log(h / total), 0.0)
+    cp = torch.cat([zero, torch.cumsum(plogp, 0)])
+    g = torch.arange(levels + 1)
+    # group g of cut i holds bins [ceil(g*i/L), ceil((g+1)*i/L)); the bounds as a [cuts, L+1] table
+    bounds = torch.div(g[None, :] * cuts[:, None] + levels - 1, levels, rounding_mode="floor")
+    mass = cs[bounds[:, 1:]] - cs[bounds[:, :-1]]  # [C, L]
+    count = cnz[bounds[:, 1:]] - cnz[bounds[:, :-1]]
+    last = h[cuts - 1]
+    head = cs[cuts]  # = sum(Q) before normalising
+    tail = total - head
+    mass_wo_last = mass.clone()
+    mass_wo_last[:, -1] -= last
+    qdens = torch.where(mass > 0, mass / count.clamp_min(1), 1.0) / head.clamp_min(_EPS)[:, None]
+    cross = torch.where(mass_wo_last > 0, mass_wo_last / total * torch.log(qdens), 0.0).sum(1)
+    kl = cp[cuts - 1] - cross
+    p_last = (last + tail) / total
+    q_last = torch.where(last > 0, qdens[:, -1], _EPS)
+    kl = kl + torch.where(p_last > 0, p_last * torch.log(p_last / q_last), 0.0)
+    return cuts, kl
 
 
 def kl_threshold(hist: torch.Tensor, amax: float, levels: int) -> float:
