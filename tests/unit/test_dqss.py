@@ -16,8 +16,7 @@ from quantsearch.dqss import (
 )
 from quantsearch.errors import ConfigError
 from quantsearch.models import create
-from quantsearch.quant import QuantPolicy, convert
-from quantsearch.quant import QuantForm, grid_for
+from quantsearch.quant import QuantForm, QuantPolicy, convert, grid_for
 from quantsearch.train import evaluate, load_checkpoint, load_model, train_fp32
 from torch import nn
 
@@ -99,7 +98,7 @@ def test_dqss_ptq_writes_strategy_and_rebuilds(tiny):
     assert evaluate(rebuilt, data.test, data.mean, data.std).top1 == pytest.approx(res.test_acc)
     # tied layers (same input tensor) chose the same activation algorithm and scale
     groups = {}
-    for name, v in st["layers"].items():
+    for v in st["layers"].values():
         groups.setdefault(v["activation_group"], []).append(v)
     shared = [g for g in groups.values() if len(g) > 1]
     assert shared, "resnet8's downsample conv shares its block's input"
