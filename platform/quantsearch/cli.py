@@ -208,6 +208,8 @@ def cmd_dqss(args: argparse.Namespace) -> int:
         raise ConfigError("--search-epochs must be > 0 and --finetune-epochs >= 0")
     if args.lr is None:
         args.lr = 0.01 if args.mode == "qat" else 0.05
+    if args.scale_lr is None:
+        args.scale_lr = 1e-3 if args.mode == "qat" else 0.0
     data_spec = DataSpec(name=ckpt["dataset"], test_limit=args.test_limit)
     if args.subsets:
         return _dqss_subsets(args, data_spec, qat, config)
@@ -220,7 +222,7 @@ def cmd_dqss(args: argparse.Namespace) -> int:
                            easyquant_steps=args.easyquant_steps, tie=tie, progress=not args.quiet)
     else:
         res = run_dqss_ptq(args.checkpoint, data, qat, args.out, iters=args.iters, lr=args.lr, seed=args.seed,
-                           easyquant_steps=args.easyquant_steps, tie=tie)
+                           easyquant_steps=args.easyquant_steps, tie=tie, scale_lr=args.scale_lr)
     for name, (a, w) in res.choices.items():
         print(f"  {name:28s} activations {a:10s} weights {w}")
     extra = f", fine-tune {res.finetune_seconds:.0f}s" if args.mode == "qat" else ""
@@ -239,7 +241,8 @@ def _dqss_subsets(args: argparse.Namespace, data_spec: object, qat: object, conf
     tracker = JobTracker(spec)
     with tracker.parent(tags={"stage": "dqss", "subsets": str(args.subsets), "config": config}):
         res = dqss_over_subsets(args.checkpoint, data_spec, qat, args.subsets, args.out, args.iters,  # type: ignore[arg-type]
-                                args.lr, args.seed, args.address, easyquant_steps=args.easyquant_steps)
+                                args.lr, args.seed, args.address, easyquant_steps=args.easyquant_steps,
+                                tie=not args.no_tie, scale_lr=args.scale_lr)
         for t in res.trials:
             with tracker.child(f"subset{t['index']}", {"subset": t["index"]}):
                 tracker.log_metrics({k: t[k] for k in ("val_acc", "test_acc", "search_seconds")})
@@ -378,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     dq.add_argument("--search-epochs", type=float, default=1.0, help="QAT: epochs of the joint search")
     dq.add_argument("--finetune-epochs", type=float, default=1.0, help="QAT: epochs fine-tuning the argmax strategy")
     dq.add_argument("--weight-lr", type=float, default=1e-3, help="QAT: learning rate of the network weights")
-    dq.add_argument("--scale-lr", type=float, default=1e-3, help="QAT: learning rate of the quantizer scales")
+    dq.add_argument("--scale-lr", type=float, default=None,
+                    help="learning rate of the candidate scales (default: QAT 1e-3; PTQ 0 = scales frozen)")
     dq.add_argument("--kd-weight", type=float, default=1.0, help="QAT: weight of the KL-to-FP32 term next to CE")
     dq.add_argument("--no-tie", action="store_true", help="one alpha per layer even where layers share an input")
     dq.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -119,3 +119,25 @@ def test_calibrate_active_all_methods_on_a_model():
     assert all(e < float((ref**2).mean()) for e in errs.values())
     with pytest.raises(Exception, match="unknown calibration method"):
         calibrate_active(q, [x], ("entropy", "maxabs"))
+
+
+def test_kl_ignores_the_relu_zero_spike():
+    # half the values exactly 0 (after a ReLU): their spike must not drag the 4-bit threshold to the smallest cut
+    g = torch.Generator().manual_seed(0)
+    x = torch.relu(torch.randn(50000, generator=g))
+    s, _ = get_calibrator("kl").scale_offset(x, QuantForm(4, "per_tensor", True), nonneg=True)
+    assert 0.3 * float(x.max()) < float(s) * 15 <= float(x.max())
+
+
+def test_kl_affine_keeps_the_exact_lower_end():
+    # normalised images: a background spike at the minimum; affine KL keeps lo = min and clips only the top
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.full((30000,), -0.8), torch.rand(20000, generator=g) * 2.8 - 0.8])
+    form = QuantForm(8, "per_tensor", False)
+    s, z = get_calibrator("kl").scale_offset(x, form, nonneg=False)
+    qmin, _ = grid_for(form, False)
+    lo = (qmin - z) * s  # the real value the lowest grid point stands for
+    assert torch.allclose(lo, torch.tensor([-0.8]), atol=1e-5)
+    xq = fake_quant(x, s, z, *grid_for(form, False))
+    # the background is not clipped: within half a step (the zero point is rounded onto the integer grid)
+    assert float((xq[:30000] + 0.8).abs().max()) <= float(s) / 2 + 1e-6

@@ -37,14 +37,15 @@ def _trial(config: dict[str, Any]) -> None:
     out = Path(config["out"]) / f"subset{idx}"
     res = run_dqss_ptq(config["fp32"], data, QATSpec.model_validate(config["qat"]), out, iters=config["iters"],
                        lr=config["lr"], seed=config["seed"] + idx, calib=subset,
-                       easyquant_steps=config["easyquant_steps"])
+                       easyquant_steps=config["easyquant_steps"], tie=config["tie"], scale_lr=config["scale_lr"])
     ray.tune.report({"val_acc": res.val_acc, "test_acc": res.test_acc, "index": idx,
                      "strategy": str(res.strategy_path), "search_seconds": res.search_seconds})
 
 
 def dqss_over_subsets(fp32_path: str | Path, data_spec: DataSpec, qat: QATSpec, k: int, out_dir: str | Path,
                       iters: int = 300, lr: float = 0.05, seed: int = 0, address: str | None = None,
-                      concurrent: int | None = None, easyquant_steps: int = 100) -> SubsetsResult:
+                      concurrent: int | None = None, easyquant_steps: int = 100, tie: bool = True,
+                      scale_lr: float = 0.0) -> SubsetsResult:
     """Run K trials in parallel (one CPU each), then vote and measure the combined strategy."""
     from ray import tune
 
@@ -66,7 +67,7 @@ def dqss_over_subsets(fp32_path: str | Path, data_spec: DataSpec, qat: QATSpec, 
     space = {"index": tune.grid_search(list(range(k))), "k": k, "n": qat.calib_images, "seed": seed,
              "data": data_spec.model_dump(), "qat": qat.model_dump(), "fp32": str(Path(fp32_path).resolve()),
              "out": str(out_dir), "iters": iters, "lr": lr,
-             "easyquant_steps": easyquant_steps}
+             "easyquant_steps": easyquant_steps, "tie": tie, "scale_lr": scale_lr}
     tuner = tune.Tuner(tune.with_resources(_trial, {"cpu": 1}), param_space=space,
                        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent or k),
                        run_config=tune.RunConfig(name=f"dqss-subsets-{out_dir.name}",

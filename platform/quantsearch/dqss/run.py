@@ -118,15 +118,17 @@ def _finish(st: _Setup, data: PreparedData, qat: QATSpec, out_dir: str | Path, f
 
 def run_dqss_ptq(fp32_path: str | Path, data: PreparedData, qat: QATSpec, out_dir: str | Path, iters: int = 300,
                  lr: float = 0.05, batch_size: int = 128, temperature: float = 1.0, seed: int = 0,
-                 calib: ArrayData | None = None, easyquant_steps: int = 100, tie: bool = True) -> DQSSResult:
-    """PTQ DQSS: candidates from every strategy, alpha/beta trained on calibration images, argmax -> strategy."""
+                 calib: ArrayData | None = None, easyquant_steps: int = 100, tie: bool = True,
+                 scale_lr: float = 0.0) -> DQSSResult:
+    """PTQ DQSS: candidates from every strategy, alpha/beta (and with scale_lr > 0 the candidate scales) trained
+    on calibration images against the FP32 logits, argmax -> strategy."""
     st = _setup(fp32_path, data, qat, seed, calib, easyquant_steps, temperature, tie)
     log = train_mixers_ptq(st.model, st.teacher, st.mixers, st.calib, data.mean, data.std, iters, lr, batch_size,
-                           seed)
+                           seed, scale_lr=scale_lr)
     layers = choose(st.mixers)
     detach_mixers(st.model)
     apply_strategy(st.model, layers)
-    search = {"iters": iters, "lr": lr, "batch_size": batch_size, "temperature": temperature,
+    search = {"iters": iters, "lr": lr, "scale_lr": scale_lr, "batch_size": batch_size, "temperature": temperature,
               "loss": "KL(fp32 || quantized) logits", "calib_images": len(st.calib), "seed": seed,
               "easyquant_steps": easyquant_steps, "tied_inputs": tie,
               "final_loss": log.losses[-1] if log.losses else None, "seconds": log.seconds}

@@ -191,17 +191,21 @@ class SearchLog:
 
 
 def train_mixers_ptq(model: nn.Module, teacher: nn.Module, mixers: dict[str, Mixer], calib: ArrayData, mean: float,
-                     std: float, iters: int, lr: float, batch_size: int, seed: int, ce_weight: float = 0.0
-                     ) -> SearchLog:
-    """PTQ: only alpha/beta learn (weights, BN and scales frozen, eval mode); loss = KL to the FP32 logits."""
+                     std: float, iters: int, lr: float, batch_size: int, seed: int, ce_weight: float = 0.0,
+                     scale_lr: float = 0.0) -> SearchLog:
+    """PTQ: alpha/beta learn (weights and BN frozen, eval mode), and the candidate scales too when scale_lr > 0;
+    loss = KL to the FP32 logits (+ ce_weight * CE)."""
     for p in model.parameters():
         p.requires_grad_(False)
     params, scales = mixer_params(mixers)
     for t in params:
         t.requires_grad_(True)
     for t in scales:
-        t.requires_grad_(False)
-    opt = torch.optim.Adam(params, lr=lr)
+        t.requires_grad_(scale_lr > 0)
+    groups = [{"params": params, "lr": lr}]
+    if scale_lr > 0:
+        groups.append({"params": scales, "lr": scale_lr})
+    opt = torch.optim.Adam(groups)
     model.eval()
     teacher.eval()
     gen = torch.Generator().manual_seed(seed)

@@ -20,6 +20,10 @@ from quantsearch.quant.forms import ALL_BITS, LayerConfig, QuantForm, grid_for, 
 from quantsearch.quant.layers import QuantConv2d, QuantLinear
 from quantsearch.quant.profiles import BackendProfile, get_profile, list_profiles
 from quantsearch.quant.quantizer import ElasticQuantizer
+from quantsearch.quant.torchao_observers import TorchAOHistogram, TorchAOMinMax
+
+# torch's own observers, registered beside ours (torch.ao itself is imported only when one is used)
+CALIBRATORS.update({c.name: c for c in (TorchAOMinMax, TorchAOHistogram)})
 
 __all__ = [
     "ALL_BITS", "CALIBRATORS", "BackendProfile", "Calibrator", "ElasticQuantizer", "LayerConfig",

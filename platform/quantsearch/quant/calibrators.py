@@ -92,13 +92,19 @@ def _threshold_to_qparams(rows: torch.Tensor, t: torch.Tensor, form: QuantForm, 
 
 
 class KLCalibrator(Calibrator):
-    """TensorRT entropy calibration (see quant/kl.py for the exact choices); per row for per-channel."""
+    """TensorRT entropy calibration (see quant/kl.py for the exact choices); per row for per-channel.
+
+    Symmetric forms: the threshold T of |x| gives [-T, T]. Affine forms keep their lower end at lo = min(x, 0),
+    which the grid represents exactly, and KL picks the upper clip on the one-sided x - lo: folding both signs
+    into |x| let a spike on the negative side (an image's background after normalisation) drag T below it,
+    measured as 83 % top-1 for a W8A8 ResNet whose other calibrators reach 92 %.
+    """
 
     name = "kl"
 
     def scale_offset(self, x: torch.Tensor, form: QuantForm, nonneg: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """KL-optimal threshold of |x| per row."""
+        """KL-optimal clip per row."""
         import math
 
         from quantsearch.quant.kl import abs_histogram, kl_threshold
@@ -108,11 +114,13 @@ class KLCalibrator(Calibrator):
         # 2048 bins for large tensors; a row of a few hundred weights gets the next power of two above its
         # size (at least 4 bins per level), as finer bins would be empty and the [cuts x bins] batch grows as bins^2
         bins = min(2048, max(4 * levels, 2 ** math.ceil(math.log2(max(rows.shape[1], 2)))))
-        ts = []
-        for r in rows:
-            hist, amax = abs_histogram(r, bins=bins)
-            ts.append(kl_threshold(hist, amax, levels))
-        return _threshold_to_qparams(rows, torch.tensor(ts, dtype=rows.dtype), form, nonneg)
+        if form.symmetric:
+            ts = [kl_threshold(*abs_histogram(r, bins=bins), levels) for r in rows]
+            return _threshold_to_qparams(rows, torch.tensor(ts, dtype=rows.dtype), form, nonneg)
+        lo = rows.amin(1).clamp_max(0)
+        spans = [kl_threshold(*abs_histogram(r - low, bins=bins), levels) for r, low in zip(rows, lo, strict=True)]
+        hi = torch.minimum(lo + torch.tensor(spans, dtype=rows.dtype), rows.amax(1).clamp_min(0))
+        return range_to_qparams(lo, hi, form, nonneg)
 
 
 class ADMMCalibrator(Calibrator):

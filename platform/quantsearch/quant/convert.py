@@ -93,7 +93,10 @@ def collect_inputs(model: nn.Module, inputs: Iterable[torch.Tensor], max_samples
                    per_batch: int = 1 << 16, keep_images: int = 0
                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Run the model in float (eval mode) and return, per quantized layer, a bounded strided sample of its
-    input values (flat) and the first `keep_images` inputs whole (for layer-wise searches like EasyQuant)."""
+    input values (flat) and the first `keep_images` inputs whole (for layer-wise searches like EasyQuant).
+
+    The sample ends with the exact min and max over EVERY batch, so range-based methods (MaxAbs, the KL
+    histogram's range) see the true running extremes, not the sample's."""
     layers = quant_layers(model)
     saved = {n: layer.layer_config() for n, layer in layers.items()}
     disable_quant(model)
@@ -101,10 +104,14 @@ def collect_inputs(model: nn.Module, inputs: Iterable[torch.Tensor], max_samples
     whole: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     counts = dict.fromkeys(layers, 0)
     kept = dict.fromkeys(layers, 0)
+    extremes: dict[str, tuple[float, float]] = {}
 
     def hook(name: str):  # noqa: ANN202 - closure factory
         def fn(_m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
             x = inp[0].detach()
+            lo, hi = float(x.min()), float(x.max())
+            old = extremes.get(name, (lo, hi))
+            extremes[name] = (min(old[0], lo), max(old[1], hi))
             if counts[name] < max_samples:
                 flat = x.reshape(-1)
                 # strided, so the sample spans the whole batch rather than its first images
@@ -128,7 +135,7 @@ def collect_inputs(model: nn.Module, inputs: Iterable[torch.Tensor], max_samples
         model.train(was)
         for name, cfg in saved.items():
             layers[name].set_layer_config(cfg)
-    flat = {n: torch.cat(v) for n, v in samples.items() if v}
+    flat = {n: torch.cat([*v, torch.tensor(extremes[n], dtype=v[0].dtype)]) for n, v in samples.items() if v}
     return flat, {n: torch.cat(v) for n, v in whole.items() if v}
 
 

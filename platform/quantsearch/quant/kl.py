@@ -5,6 +5,9 @@ candidate cuts i = L..2048 (L = 2^(b-1) levels signed, 2^b unsigned); P = H[:i] 
 added to bin i-1; Q = H[:i] merged into L groups (bin j -> group floor(j*L/i)) and expanded back, each
 group's mass spread evenly over its non-empty bins; P and Q normalised; bins where P > 0 but Q = 0 get
 Q = 1e-10 (no other smoothing); the FIRST minimum of KL(P||Q) wins; T = (i* + 0.5) * A / 2048.
+Exact zeros are left out of the histogram (as ncnn's KL calibration does): every grid here represents 0
+exactly, and after a ReLU their spike in bin 0 -- often half the values -- dominates the divergence once bins
+are merged, driving the threshold to the smallest cut (measured: a 4-bit ResNet fell to 19 % top-1).
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ _EPS = 1e-10
 
 
 def abs_histogram(x: torch.Tensor, bins: int = BINS, amax: float | None = None) -> tuple[torch.Tensor, float]:
-    """Histogram of |x| on [0, amax] (default max|x|); returns (counts float64, amax)."""
+    """Histogram of the non-zero |x| on [0, amax] (default max|x|); returns (counts float64, amax)."""
     a = x.detach().abs().reshape(-1).float()
+    a = a[a != 0]
+    if a.numel() == 0:
+        return torch.zeros(bins, dtype=torch.float64), 0.0
     top = float(a.max()) if amax is None else amax
     if top <= 0:
         return torch.zeros(bins, dtype=torch.float64), 0.0

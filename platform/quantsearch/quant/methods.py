@@ -13,7 +13,7 @@ from quantsearch.quant.calibrators import CALIBRATORS, get_calibrator
 from quantsearch.quant.convert import collect_inputs, quant_layers
 from quantsearch.quant.easyquant import easyquant_layer
 
-METHODS = ("maxabs", "mse", "kl", "admm", "easyquant")
+METHODS = ("maxabs", "mse", "kl", "admm", "easyquant", "torchao-minmax", "torchao-histogram")
 # EasyQuant starts from KL (activations) and per-channel MaxAbs (weights), as the paper does
 _EASYQUANT_INIT = {"activation": "kl", "weight": "maxabs"}
 
