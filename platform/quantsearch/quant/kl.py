@@ -21,15 +21,15 @@ _EPS = 1e-10
 def abs_histogram(x: torch.Tensor, bins: int = BINS, amax: float | None = None) -> tuple[torch.Tensor, float]:
     """Histogram of the non-zero |x| on [0, amax] (default max|x|); returns (counts float64, amax)."""
     a = x.detach().abs().reshape(-1).float()
-    a = a[a != 0]
-    if a.numel() == 0:
-        return torch.zeros(bins, dtype=torch.float64), 0.0
     top = float(a.max()) if amax is None else amax
     if top <= 0:
         return torch.zeros(bins, dtype=torch.float64), 0.0
+    zeros = int((a == 0).sum())  # taken back out of bin 0 (cheaper than filtering them out first)
     # counts are exact in float32 below 2^24 per bin; larger inputs go through float64
     src = a.clamp_max_(top) if a.numel() < 2**24 else a.double().clamp_max_(top)
-    return torch.histc(src, bins=bins, min=0.0, max=top).double(), top
+    hist = torch.histc(src, bins=bins, min=0.0, max=top).double()
+    hist[0] -= zeros
+    return hist, top
 
 
 def kl_divergences(hist: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
