@@ -48,6 +48,8 @@ benchmarks: install data
 	$(PY) benchmarks/lsq_baseline.py
 	$(PY) benchmarks/eqnet_quality.py --epochs 3
 	$(PY) benchmarks/train_scaling.py
+	$(PY) benchmarks/dqss_speed.py
+	$(PY) benchmarks/dqss_quality.py
 
 clean:
 	rm -rf runs .pytest_cache build dist

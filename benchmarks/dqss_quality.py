@@ -21,11 +21,12 @@ writes results/dqss_quality_quick.json.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections import Counter
 from typing import Any
 
-from _common import RUNS, write_result
+from _common import RESULTS, RUNS, write_result
 from quantsearch.config import DataSpec, JobSpec, QATSpec
 from quantsearch.data import prepare_data
 from quantsearch.dqss import QATSchedule, run_dqss_ptq, run_dqss_qat
@@ -62,7 +63,7 @@ def bench_model(model: str, args: argparse.Namespace, data: Any) -> dict[str, An
     print(f"[{model}] FP32 test {100 * fp32_acc:.2f}%")
     out = RUNS / "dqss" / model
     rows: dict[str, Any] = {}
-    for bits in args.bits:
+    for bits in ([] if args.qat_only else args.bits):
         cfg = f"W{bits}A{bits}"
         qat = QATSpec(config=f"uniform:{cfg}", calib_images=args.calib_images)
         r: dict[str, Any] = {}
@@ -123,6 +124,8 @@ def main() -> None:
     ap.add_argument("--qat-search-epochs", type=float, default=None)
     ap.add_argument("--qat-finetune-epochs", type=float, default=None)
     ap.add_argument("--no-qat", dest="qat", action="store_false")
+    ap.add_argument("--qat-only", action="store_true",
+                    help="re-measure only DQSS-QAT and replace those rows in the existing results file")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     q = args.quick
@@ -136,6 +139,16 @@ def main() -> None:
     data = prepare_data(DataSpec(name="fashion-mnist", test_limit=2000 if q else None))
     t0 = time.perf_counter()
     models = {m: bench_model(m, args, data) for m in args.models}
+    if args.qat_only:
+        name = "dqss_quality_quick" if q else "dqss_quality"
+        old = json.loads((RESULTS / f"{name}.json").read_text())
+        for m, r in models.items():
+            old["models"][m]["dqss_qat_W4A4"] = {**r["dqss_qat_W4A4"], "remeasured": time.strftime("%Y-%m-%dT%H:%M")}
+        kept = {k: v for k, v in old.items() if k not in ("benchmark", "command", "machine", "date")}
+        kept.setdefault("ptq_grid_command", old["command"])
+        kept.setdefault("ptq_grid_date", old["date"])
+        write_result(name, kept)
+        return
     write_result("dqss_quality_quick" if q else "dqss_quality", {
         "dataset": "fashion-mnist", "test_images": len(data.test), "val_images": len(data.val),
         "calib_images": args.calib_images, "weights": "per-channel symmetric", "activations": "per-tensor affine",

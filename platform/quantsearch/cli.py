@@ -191,74 +191,57 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_dqss(args: argparse.Namespace) -> int:
     """DQSS: choose each layer's calibration algorithm for activations and weights by gradient (PTQ or QAT)."""
-    from quantsearch.config import DataSpec, QATSpec
+    from quantsearch.config import DataSpec, DQSSSpec, JobSpec
     from quantsearch.data import prepare_data
-    from quantsearch.dqss import QATSchedule, run_dqss_ptq, run_dqss_qat
+    from quantsearch.dqss import run_dqss
+    from quantsearch.tracking import JobTracker
+    from quantsearch.tracking.dqss_tracking import log_dqss_run, log_dqss_subsets
     from quantsearch.train import load_checkpoint
+    from quantsearch.train.qat import quantized_model, resolve_config
 
     ckpt = load_checkpoint(args.checkpoint, kind="fp32")
     config = args.subnet or f"uniform:W{args.bits}A{args.bits}"
-    try:
-        qat = QATSpec(config=config, profile=args.profile, calib_images=args.calib_images)
-    except ValueError as exc:
-        raise ConfigError(f"invalid DQSS settings: {str(exc).splitlines()[-1].strip()}") from exc
-    if args.mode == "qat" and args.subsets:
-        raise ConfigError("--subsets runs PTQ searches on calibration subsets; drop --subsets or use --mode ptq")
     if args.search_epochs <= 0 or args.finetune_epochs < 0:
         raise ConfigError("--search-epochs must be > 0 and --finetune-epochs >= 0")
-    if args.lr is None:
-        args.lr = 0.01 if args.mode == "qat" else 0.05
-    if args.scale_lr is None:
-        args.scale_lr = 1e-3 if args.mode == "qat" else 0.0
+    if args.mode == "qat" and args.subsets:
+        raise ConfigError("--subsets runs PTQ searches on calibration subsets; drop --subsets or use --mode ptq")
+    try:
+        spec = DQSSSpec(mode=args.mode, config=config, profile=args.profile, calib_images=args.calib_images,
+                        lr=args.lr, scale_lr=args.scale_lr, iters=args.iters, search_epochs=args.search_epochs,
+                        finetune_epochs=args.finetune_epochs, weight_lr=args.weight_lr, kd_weight=args.kd_weight,
+                        easyquant_steps=args.easyquant_steps, tie=not args.no_tie, subsets=args.subsets,
+                        checkpoint=args.checkpoint)
+    except ValueError as exc:
+        raise ConfigError(f"invalid DQSS settings: {str(exc).splitlines()[-1].strip()}") from exc
     data_spec = DataSpec(name=ckpt["dataset"], test_limit=args.test_limit)
-    if args.subsets:
-        return _dqss_subsets(args, data_spec, qat, config)
     data = prepare_data(data_spec)
-    tie = not args.no_tie
-    if args.mode == "qat":
-        sch = QATSchedule(search_epochs=args.search_epochs, finetune_epochs=args.finetune_epochs,
-                          lr=args.weight_lr, scale_lr=args.scale_lr, arch_lr=args.lr, kd_weight=args.kd_weight)
-        res = run_dqss_qat(args.checkpoint, data, qat, args.out, sch, seed=args.seed,
-                           easyquant_steps=args.easyquant_steps, tie=tie, progress=not args.quiet)
-    else:
-        res = run_dqss_ptq(args.checkpoint, data, qat, args.out, iters=args.iters, lr=args.lr, seed=args.seed,
-                           easyquant_steps=args.easyquant_steps, tie=tie, scale_lr=args.scale_lr)
+    # a config the profile cannot deploy (or a bad subnet file) fails here, before anything is written
+    resolve_config(spec.qat_spec(), quantized_model(ckpt, data.example(args.seed)))
+    tracker = JobTracker(JobSpec(name="dqss", seed=args.seed, output_dir=args.out, data=data_spec, dqss=spec))
+    with tracker.parent(tags={"stage": "dqss", "mode": spec.mode, "config": config, "subsets": str(spec.subsets)}):
+        if spec.subsets:
+            from quantsearch.distributed.tune_dqss import dqss_over_subsets
+
+            sub = dqss_over_subsets(args.checkpoint, data_spec, spec, args.out, args.seed, args.address)
+            log_dqss_subsets(tracker, sub)
+        else:
+            res = run_dqss(spec, args.checkpoint, data, args.out, args.seed, progress=not args.quiet)
+            log_dqss_run(tracker, res)
+    if spec.subsets:
+        for t in sub.trials:
+            print(f"  subset {t['index']}: val {100 * t['val_acc']:.2f}%  test {100 * t['test_acc']:.2f}%")
+        for name, (a, w) in sub.combined.items():
+            ag = sub.agreement[name]
+            print(f"  {name:28s} activations {a:10s} ({100 * ag['activation']:.0f}% agree)  "
+                  f"weights {w:10s} ({100 * ag['weight']:.0f}% agree)")
+        print(f"combined strategy {config}: val {100 * sub.combined_val_acc:.2f}%  "
+              f"test {100 * sub.combined_test_acc:.2f}% -> {sub.summary_path}, {sub.heatmap}; MLflow {tracker.uri}")
+        return 0
     for name, (a, w) in res.choices.items():
         print(f"  {name:28s} activations {a:10s} weights {w}")
-    extra = f", fine-tune {res.finetune_seconds:.0f}s" if args.mode == "qat" else ""
-    print(f"DQSS-{args.mode.upper()} {config}: val {100 * res.val_acc:.2f}%  test {100 * res.test_acc:.2f}%  "
-          f"(search {res.search_seconds:.0f}s{extra}) -> {res.strategy_path}")
-    return 0
-
-
-def _dqss_subsets(args: argparse.Namespace, data_spec: object, qat: object, config: str) -> int:
-    """DQSS on K disjoint calibration subsets as Ray Tune trials, tracked in one MLflow parent run."""
-    from quantsearch.config import JobSpec
-    from quantsearch.distributed.tune_dqss import dqss_over_subsets
-    from quantsearch.tracking import JobTracker
-
-    spec = JobSpec(name="dqss", output_dir=args.out, data=data_spec)  # type: ignore[arg-type]
-    tracker = JobTracker(spec)
-    with tracker.parent(tags={"stage": "dqss", "subsets": str(args.subsets), "config": config}):
-        res = dqss_over_subsets(args.checkpoint, data_spec, qat, args.subsets, args.out, args.iters,  # type: ignore[arg-type]
-                                args.lr, args.seed, args.address, easyquant_steps=args.easyquant_steps,
-                                tie=not args.no_tie, scale_lr=args.scale_lr)
-        for t in res.trials:
-            with tracker.child(f"subset{t['index']}", {"subset": t["index"]}):
-                tracker.log_metrics({k: t[k] for k in ("val_acc", "test_acc", "search_seconds")})
-                tracker.log_artifact(t["strategy"])
-        tracker.log_metrics({"combined_val_acc": res.combined_val_acc, "combined_test_acc": res.combined_test_acc,
-                             **{f"agreement.{n}.{k}": v for n, a in res.agreement.items() for k, v in a.items()}})
-        tracker.log_artifact(res.heatmap)
-        tracker.log_artifact(res.summary_path)
-    for t in res.trials:
-        print(f"  subset {t['index']}: val {100 * t['val_acc']:.2f}%  test {100 * t['test_acc']:.2f}%")
-    for name, (a, w) in res.combined.items():
-        ag = res.agreement[name]
-        print(f"  {name:28s} activations {a:10s} ({100 * ag['activation']:.0f}% agree)  "
-              f"weights {w:10s} ({100 * ag['weight']:.0f}% agree)")
-    print(f"combined strategy {config}: val {100 * res.combined_val_acc:.2f}%  test {100 * res.combined_test_acc:.2f}% "
-          f"-> {res.summary_path}, {res.heatmap}; MLflow {tracker.uri}")
+    extra = f", fine-tune {res.finetune_seconds:.0f}s" if spec.mode == "qat" else ""
+    print(f"DQSS-{spec.mode.upper()} {config}: val {100 * res.val_acc:.2f}%  test {100 * res.test_acc:.2f}%  "
+          f"(search {res.search_seconds:.0f}s{extra}) -> {res.strategy_path}; MLflow {tracker.uri}")
     return 0
 
 

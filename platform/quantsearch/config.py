@@ -100,6 +100,41 @@ class SupernetSpec(_Strict):
     num_to_keep: int = Field(2, ge=1)
 
 
+class DQSSSpec(_Strict):
+    """DQSS: each layer's calibration algorithm (activations and weights) chosen by gradient, PTQ or QAT."""
+
+    mode: Literal["ptq", "qat"] = Field("ptq", description="ptq: only alpha/beta learn; qat: weights too, "
+                                                           "then the argmax strategy is fine-tuned")
+    config: str = Field("uniform:W4A4", description="uniform:W<b>A<b> or a SubnetConfig JSON (e.g. best.json)")
+    profile: str = "generic"
+    calib_images: int = Field(1024, ge=1)
+    lr: float | None = Field(None, gt=0, description="alpha/beta learning rate; default 0.05 PTQ, 0.01 QAT")
+    scale_lr: float | None = Field(None, ge=0, description="candidate scales; default 0 (frozen) PTQ, 1e-3 QAT")
+    iters: int = Field(300, ge=1, description="PTQ search steps")
+    batch_size: int = Field(128, ge=1)
+    temperature: float = Field(1.0, gt=0, description="T in softmax(alpha/T)")
+    search_epochs: float = Field(1.0, gt=0, description="QAT: epochs of the joint search")
+    finetune_epochs: float = Field(1.0, ge=0, description="QAT: epochs fine-tuning the argmax strategy")
+    weight_lr: float = Field(1e-3, gt=0, description="QAT: network weights")
+    kd_weight: float = Field(1.0, ge=0, description="QAT: weight of KL to the FP32 logits beside CE")
+    easyquant_steps: int = Field(100, ge=2, description="EasyQuant grid points per search")
+    tie: bool = Field(True, description="one alpha for layers reading the same tensor")
+    subsets: int = Field(0, ge=0, description="PTQ: K > 0 runs K Ray Tune trials on disjoint calibration subsets")
+    checkpoint: str | None = Field(None, description="FP32 checkpoint; default: <output_dir>/fp32/model.pt")
+
+    def arch_lr(self) -> float:
+        """alpha/beta learning rate, defaulted by mode."""
+        return self.lr if self.lr is not None else (0.01 if self.mode == "qat" else 0.05)
+
+    def scales_lr(self) -> float:
+        """Candidate-scale learning rate, defaulted by mode (0 = frozen)."""
+        return self.scale_lr if self.scale_lr is not None else (1e-3 if self.mode == "qat" else 0.0)
+
+    def qat_spec(self) -> QATSpec:
+        """The bits/profile/calibration part, in the form the config resolver takes."""
+        return QATSpec(config=self.config, profile=self.profile, calib_images=self.calib_images)
+
+
 class JobSpec(_Strict):
     """A whole job: which data and model, how to train, where results go."""
 
@@ -112,6 +147,7 @@ class JobSpec(_Strict):
     training: TrainingSpec = TrainingSpec()
     qat: QATSpec | None = None
     supernet: SupernetSpec | None = None
+    dqss: DQSSSpec | None = None
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:

@@ -1,4 +1,4 @@
-"""Run a job spec's stages in order (FP32 -> QAT baseline -> supernet), tracked in one MLflow parent run."""
+"""Run a job spec's stages in order (FP32 -> QAT baseline -> DQSS -> supernet), tracked in one MLflow parent run."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from quantsearch.config import JobSpec, SupernetSpec
 from quantsearch.data import PreparedData, prepare_data
 from quantsearch.tracking import JobTracker
 
-STAGES = ("fp32", "qat", "supernet")
+STAGES = ("fp32", "qat", "dqss", "supernet")
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,31 @@ class StageRow:
 
 def configured_stages(spec: JobSpec) -> list[str]:
     """The stages a spec asks for, in order."""
-    return ["fp32"] + (["qat"] if spec.qat else []) + (["supernet"] if spec.supernet else [])
+    return (["fp32"] + (["qat"] if spec.qat else []) + (["dqss"] if spec.dqss else [])
+            + (["supernet"] if spec.supernet else []))
+
+
+def _dqss_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out: Path, progress: bool,
+                address: str | None) -> list[StageRow]:
+    from quantsearch.dqss import run_dqss
+    from quantsearch.tracking.dqss_tracking import log_dqss_run, log_dqss_subsets
+
+    dq = spec.dqss
+    assert dq is not None
+    fp32 = dq.checkpoint or str(out / "fp32" / "model.pt")
+    label = dq.config.replace("uniform:", "") if dq.config.startswith("uniform:") else Path(dq.config).name
+    with tracker.child("dqss", {"dqss": dq.model_dump()}):
+        if dq.subsets:
+            from quantsearch.distributed.tune_dqss import dqss_over_subsets
+
+            sub = dqss_over_subsets(fp32, spec.data, dq, out / "dqss", spec.seed, address)
+            log_dqss_subsets(tracker, sub)
+            return [StageRow(f"DQSS-PTQ x{dq.subsets} subsets (combined)", label, sub.combined_val_acc,
+                             sub.combined_test_acc, 0.0)]
+        res = run_dqss(dq, fp32, data, out / "dqss", spec.seed, progress)
+        log_dqss_run(tracker, res)
+    return [StageRow(f"DQSS-{dq.mode.upper()}", label, res.val_acc, res.test_acc,
+                     res.search_seconds + res.finetune_seconds)]
 
 
 def _supernet_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out: Path, progress: bool,
@@ -94,6 +118,8 @@ def run_job(spec: JobSpec, progress: bool = True, console: Console | None = None
             label = spec.qat.config.replace("uniform:", "")
             rows.append(StageRow("calibrated (MSE clip)", label, q.ptq_val_acc, float("nan"), 0.0))
             rows.append(StageRow(f"LSQ QAT {q.epochs} ep", label, q.val_acc, q.test_acc, q.seconds))
+        if "dqss" in stages and spec.dqss is not None:
+            rows += _dqss_stage(spec, data, tracker, out, progress, address)
         if "supernet" in stages:
             rows += _supernet_stage(spec, data, tracker, out, progress, workers, use_gpu, address)
         atomic_write_json(out / "results.json", [r.__dict__ for r in rows])

@@ -54,9 +54,11 @@ def test_job_tracked_on_server(tmp_path, mlflow_server):
         "name": "server-job", "output_dir": str(tmp_path / "out"), "tracking_uri": mlflow_server,
         "data": {"name": "synthetic", "val_size": 64}, "training": {"epochs": 1, "batch_size": 64},
         "supernet": {"epochs": 1, "batch_size": 64, "train_images": 128, "calib_images": 64, "bn_images": 64,
-                     "init_calibrator": "maxabs", "table_bits": [8, 2]}})
+                     "init_calibrator": "maxabs", "table_bits": [8, 2]},
+        "dqss": {"mode": "ptq", "config": "uniform:W4A4", "iters": 10, "calib_images": 64, "easyquant_steps": 10}})
     rows = run_job(spec, progress=False)
     assert [r.stage for r in rows][0] == "fp32" and any(r.config == "W2A2" for r in rows)
+    assert [r.stage for r in rows][1] == "DQSS-PTQ" and rows[1].config == "W4A4"
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("server-job")
     runs = client.search_runs([exp.experiment_id])
@@ -64,7 +66,11 @@ def test_job_tracked_on_server(tmp_path, mlflow_server):
     assert len(parents) == 1
     parent = parents[0]
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert set(children) == {"fp32", "supernet"}
+    assert set(children) == {"fp32", "dqss", "supernet"}
+    dq = children["dqss"]
+    assert dq.data.metrics["test_acc"] == pytest.approx(rows[1].test_acc)
+    assert any(k.startswith("choice.") for k in dq.data.tags) and dq.data.params["search.iters"] == "10"
+    assert "strategy.json" in {a.path for a in client.list_artifacts(dq.info.run_id)}
     sn = children["supernet"]
     assert "val_acc_max" in sn.data.metrics and "loss_min" in sn.data.metrics
     assert any(k.startswith("table.W8A8.") and k.endswith("test_acc") for k in sn.data.metrics)

@@ -81,3 +81,41 @@ def test_train_eval_qat_end_to_end_on_synthetic(tmp_path, capsys):
     code, _, err = run(["qat", "--config", "uniform:W4A4", "--profile", "tensorrt-int8", "--checkpoint",
                         str(fp / "model.pt"), "--out", str(tmp_path / "trt")], capsys)
     assert code == 2 and "tensorrt-int8" in err and not (tmp_path / "trt").exists()
+
+
+def test_dqss_qat_cli_tracks_in_mlflow_and_eval_rebuilds_from_strategy(tmp_path, capsys):
+    fp = tmp_path / "fp32"
+    code, _, _ = run(["train", "--model", "resnet8", "--data", "synthetic", "--epochs", "1", "--out", str(fp),
+                      "--quiet", "--set", "training.batch_size=64"], capsys)
+    assert code == 0
+    ck = str(fp / "model.pt")
+    q = tmp_path / "dqss"
+    code, out, _ = run(["dqss", "--checkpoint", ck, "--mode", "qat", "--bits", "4", "--search-epochs", "0.5",
+                        "--finetune-epochs", "0.5", "--calib-images", "128", "--easyquant-steps", "10", "--quiet",
+                        "--out", str(q)], capsys)
+    assert code == 0 and "DQSS-QAT uniform:W4A4" in out
+    m = json.loads((q / "metrics.json").read_text())
+    assert m["mode"] == "qat" and m["finetune_seconds"] > 0
+    code, out, _ = run(["eval", "--strategy", str(q / "strategy.json")], capsys)
+    assert code == 0 and f"{100 * m['test_acc']:.2f}%" in out and "DQSS-QAT" in out
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{q / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("dqss").experiment_id])
+    assert len(runs) == 1 and runs[0].data.tags["mode"] == "qat"
+    assert runs[0].data.metrics["test_acc"] == pytest.approx(m["test_acc"])
+    assert any(k.startswith("choice.") for k in runs[0].data.tags)
+    # user errors: one line, exit 2, nothing written
+    for argv, needle in [
+        (["--mode", "ptq", "--bits", "4", "--profile", "tensorrt-int8"], "tensorrt-int8"),
+        (["--mode", "qat", "--bits", "4", "--subsets", "2"], "--subsets"),
+        (["--mode", "qat", "--bits", "4", "--search-epochs", "0"], "--search-epochs"),
+    ]:
+        bad = tmp_path / "bad"
+        code, _, err = run(["dqss", "--checkpoint", ck, *argv, "--out", str(bad)], capsys)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1 and not bad.exists(), err
+    code, _, err = run(["eval"], capsys)
+    assert code == 2 and "--strategy" in err
+    (tmp_path / "x.json").write_text("{}")
+    code, _, err = run(["eval", "--strategy", str(tmp_path / "x.json")], capsys)
+    assert code == 2 and "not a DQSS strategy file" in err

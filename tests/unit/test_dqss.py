@@ -130,6 +130,11 @@ def test_dqss_qat_searches_finetunes_and_rebuilds(tiny):
     assert res.test_acc > fp32_acc - 0.1
     rebuilt = build_from_strategy(res.strategy_path)
     assert evaluate(rebuilt, data.test, data.mean, data.std).top1 == pytest.approx(res.test_acc)
+    # fine-tuning kept each shared input quantized once: tied layers end with the same input scale
+    groups = {}
+    for v in st["layers"].values():
+        groups.setdefault(v["activation_group"], set()).add(v["activation_scale"])
+    assert any(len(g) == 1 for g in groups.values()) and all(len(g) == 1 for g in groups.values())
     # the same seed gives the same strategy and accuracy
     res2 = run_dqss_qat(out / "fp32" / "model.pt", data, qat, out / "dqss-qat2", sch, easyquant_steps=10)
     assert res2.test_acc == res.test_acc and res2.choices == res.choices

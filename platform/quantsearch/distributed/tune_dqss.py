@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quantsearch.config import DataSpec, QATSpec
+from quantsearch.config import DataSpec, DQSSSpec
 from quantsearch.errors import QuantsearchError
 
 
@@ -35,18 +35,17 @@ def _trial(config: dict[str, Any]) -> None:
     k, idx = config["k"], config["index"]
     subset = calibration_subsets(data.train, k, config["n"], config["seed"])[idx]
     out = Path(config["out"]) / f"subset{idx}"
-    res = run_dqss_ptq(config["fp32"], data, QATSpec.model_validate(config["qat"]), out, iters=config["iters"],
-                       lr=config["lr"], seed=config["seed"] + idx, calib=subset,
-                       easyquant_steps=config["easyquant_steps"], tie=config["tie"], scale_lr=config["scale_lr"])
+    spec = DQSSSpec.model_validate(config["dqss"])
+    res = run_dqss_ptq(config["fp32"], data, spec.qat_spec(), out, iters=spec.iters, lr=spec.arch_lr(),
+                       batch_size=spec.batch_size, temperature=spec.temperature, seed=config["seed"] + idx,
+                       calib=subset, easyquant_steps=spec.easyquant_steps, tie=spec.tie, scale_lr=spec.scales_lr())
     ray.tune.report({"val_acc": res.val_acc, "test_acc": res.test_acc, "index": idx,
                      "strategy": str(res.strategy_path), "search_seconds": res.search_seconds})
 
 
-def dqss_over_subsets(fp32_path: str | Path, data_spec: DataSpec, qat: QATSpec, k: int, out_dir: str | Path,
-                      iters: int = 300, lr: float = 0.05, seed: int = 0, address: str | None = None,
-                      concurrent: int | None = None, easyquant_steps: int = 100, tie: bool = True,
-                      scale_lr: float = 0.0) -> SubsetsResult:
-    """Run K trials in parallel (one CPU each), then vote and measure the combined strategy."""
+def dqss_over_subsets(fp32_path: str | Path, data_spec: DataSpec, dqss: DQSSSpec, out_dir: str | Path, seed: int = 0,
+                      address: str | None = None, concurrent: int | None = None) -> SubsetsResult:
+    """Run K = dqss.subsets PTQ trials in parallel (one CPU each), then vote and measure the combined strategy."""
     from ray import tune
 
     from quantsearch._util import atomic_write_json
@@ -60,14 +59,16 @@ def dqss_over_subsets(fp32_path: str | Path, data_spec: DataSpec, qat: QATSpec, 
     from quantsearch.train.loop import evaluate
     from quantsearch.train.qat import quantized_model, resolve_config
 
+    k, qat = dqss.subsets, dqss.qat_spec()
+    if k < 1:
+        raise QuantsearchError("dqss.subsets must be >= 1 to search over calibration subsets")
     out_dir = Path(out_dir).resolve()
     data = prepare_data(data_spec)
     calibration_subsets(data.train, k, qat.calib_images, seed)  # fails early, in one line, if they do not fit
     init_ray(address)
     space = {"index": tune.grid_search(list(range(k))), "k": k, "n": qat.calib_images, "seed": seed,
-             "data": data_spec.model_dump(), "qat": qat.model_dump(), "fp32": str(Path(fp32_path).resolve()),
-             "out": str(out_dir), "iters": iters, "lr": lr,
-             "easyquant_steps": easyquant_steps, "tie": tie, "scale_lr": scale_lr}
+             "data": data_spec.model_dump(), "fp32": str(Path(fp32_path).resolve()),
+             "out": str(out_dir), "dqss": dqss.model_dump()}
     tuner = tune.Tuner(tune.with_resources(_trial, {"cpu": 1}), param_space=space,
                        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent or k),
                        run_config=tune.RunConfig(name=f"dqss-subsets-{out_dir.name}",

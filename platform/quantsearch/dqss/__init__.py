@@ -6,6 +6,7 @@ from quantsearch.dqss.run import (
     QATSchedule,
     build_from_strategy,
     load_strategy,
+    run_dqss,
     run_dqss_ptq,
     run_dqss_qat,
     strategy_weights,
@@ -24,4 +25,4 @@ from quantsearch.dqss.search import (
 
 __all__ = ["STRATEGIES", "ActMix", "DQSSResult", "Mixer", "QATSchedule", "WeightMix", "apply_strategy",
            "attach_mixers", "build_from_strategy", "candidate_scales", "choose", "load_strategy", "mix_quant",
-           "naive_mixed_forward", "run_dqss_ptq", "run_dqss_qat", "shared_input_groups", "strategy_weights"]
+           "naive_mixed_forward", "run_dqss", "run_dqss_ptq", "run_dqss_qat", "shared_input_groups", "strategy_weights"]

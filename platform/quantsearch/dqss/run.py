@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from quantsearch._util import atomic_write_json, seed_everything
-from quantsearch.config import QATSpec
+from quantsearch.config import DQSSSpec, QATSpec
 from quantsearch.data import ArrayData, PreparedData, batches, take
 from quantsearch.dqss.qat import finetune_fixed, search_qat, steps_for
 from quantsearch.dqss.search import (
@@ -24,6 +24,7 @@ from quantsearch.dqss.search import (
     choose,
     detach_mixers,
     read_scales,
+    share_input_quantizers,
     shared_input_groups,
     train_mixers_ptq,
 )
@@ -149,6 +150,7 @@ def run_dqss_qat(fp32_path: str | Path, data: PreparedData, qat: QATSpec, out_di
     layers = choose(st.mixers)
     detach_mixers(st.model)
     apply_strategy(st.model, layers)
+    share_input_quantizers(st.model, layers)
     n_ft = steps_for(sch.finetune_epochs, len(data.train), sch.batch_size) if sch.finetune_epochs > 0 else 0
     ft_losses: list[float] = []
     ft_seconds = 0.0
@@ -165,6 +167,19 @@ def run_dqss_qat(fp32_path: str | Path, data: PreparedData, qat: QATSpec, out_di
               "finetune_seconds": ft_seconds, "scales": "learned (LSQ) in search and fine-tuning; final values"}
     return _finish(st, data, qat, out_dir, fp32_path, "qat", search, layers, slog.losses + ft_losses, seed,
                    slog.seconds, ft_seconds)
+
+
+def run_dqss(spec: DQSSSpec, fp32_path: str | Path, data: PreparedData, out_dir: str | Path, seed: int = 0,
+             progress: bool = False) -> DQSSResult:
+    """One DQSS search as a job spec's `dqss` section (or the CLI) describes it, PTQ or QAT."""
+    if spec.mode == "qat":
+        sch = QATSchedule(search_epochs=spec.search_epochs, finetune_epochs=spec.finetune_epochs, lr=spec.weight_lr,
+                          scale_lr=spec.scales_lr(), arch_lr=spec.arch_lr(), kd_weight=spec.kd_weight,
+                          batch_size=spec.batch_size)
+        return run_dqss_qat(fp32_path, data, spec.qat_spec(), out_dir, sch, spec.temperature, seed,
+                            spec.easyquant_steps, spec.tie, progress)
+    return run_dqss_ptq(fp32_path, data, spec.qat_spec(), out_dir, spec.iters, spec.arch_lr(), spec.batch_size,
+                        spec.temperature, seed, None, spec.easyquant_steps, spec.tie, spec.scales_lr())
 
 
 def load_strategy(path: str | Path) -> dict[str, Any]:

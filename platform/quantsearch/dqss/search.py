@@ -250,6 +250,16 @@ def choose(mixers: dict[str, Mixer], strategies: tuple[str, ...] = STRATEGIES) -
     return out
 
 
+def share_input_quantizers(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
+    """Layers of one activation group use the group leader's input quantizer (one module), so fine-tuning
+    keeps a shared tensor quantized once."""
+    qlayers = quant_layers(model)
+    for name, layer in qlayers.items():
+        lead = layers[name].get("activation_group", name)
+        if lead != name and qlayers[lead].aq.form == layer.aq.form:
+            layer.aq = qlayers[lead].aq
+
+
 @torch.no_grad()
 def read_scales(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
     """Refresh a strategy's scales from the model's active forms (after QAT fine-tuning moved them)."""
