@@ -9,7 +9,7 @@ uniform W<b>A<b> (first/last layer 8-bit; weights per-channel symmetric, activat
   for reference, mse (the clip search the supernet starts from);
 - torch's own PTQ: torch.ao MinMaxObserver and HistogramObserver for activations (PerChannelMinMaxObserver
   for weights, as torch's default qconfig), same quantization points and bits;
-- DQSS-PTQ: alpha/beta only, and with the candidate scales learning too (--scale-lr);
+- DQSS-PTQ: alpha/beta only, 200 steps (--scale-variant adds a run with the candidate scales learning too);
 and DQSS-QAT at W4A4 (search epochs + fine-tune epochs).
 Targets: DQSS-PTQ W8A8 within 0.1 points of FP32; W4A4 >= 90.7 % and W3A3 >= 85 %, each >= the best single
 calibrator (of the four candidates) + 0.5 points; DQSS-QAT W4A4 within 1 point of FP32. Accuracies are test
@@ -73,7 +73,8 @@ def bench_model(model: str, args: argparse.Namespace, data: Any) -> dict[str, An
         for name, (a, w) in TORCH_AO.items():
             res = calibrate_ptq(ckpt, data, qat, a, w, out / f"{cfg}-{name}", args.seed)
             r[name] = _row(res.val_acc, res.test_acc, seconds=round(res.seconds, 1))
-        for name, scale_lr in (("dqss_ptq", 0.0), ("dqss_ptq_scales", args.scale_lr)):
+        variants = [("dqss_ptq", 0.0)] + ([("dqss_ptq_scales", args.scale_lr)] if args.scale_variant else [])
+        for name, scale_lr in variants:
             t0 = time.perf_counter()
             res = run_dqss_ptq(ckpt, data, qat, out / f"{cfg}-{name}", iters=args.iters, lr=args.lr, seed=args.seed,
                                easyquant_steps=args.easyquant_steps, scale_lr=scale_lr)
@@ -81,7 +82,7 @@ def bench_model(model: str, args: argparse.Namespace, data: Any) -> dict[str, An
                            total_seconds=round(time.perf_counter() - t0, 1), scale_lr=scale_lr, choices=_choices(res))
         best_name = max(SINGLES, key=lambda m: r[m]["test_acc"])
         best = r[best_name]["test_acc"]
-        for name in ("dqss_ptq", "dqss_ptq_scales"):
+        for name, _ in variants:
             acc = r[name]["test_acc"]
             met = {"vs_best_single_plus_0.5": acc >= best + 0.005}
             if bits == 8:
@@ -118,6 +119,8 @@ def main() -> None:
     ap.add_argument("--bits", nargs="+", type=int, default=None)
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--scale-variant", action="store_true",
+                    help="also run DQSS-PTQ with the candidate scales learning (--scale-lr)")
     ap.add_argument("--scale-lr", type=float, default=5e-4)
     ap.add_argument("--easyquant-steps", type=int, default=None)
     ap.add_argument("--calib-images", type=int, default=None)
@@ -130,7 +133,7 @@ def main() -> None:
     args = ap.parse_args()
     q = args.quick
     args.bits = args.bits or ([4] if q else [8, 4, 3])
-    args.iters = args.iters or (60 if q else 300)
+    args.iters = args.iters or (60 if q else 200)
     args.easyquant_steps = args.easyquant_steps or (30 if q else 100)
     args.calib_images = args.calib_images or (512 if q else 1024)
     args.qat_search_epochs = args.qat_search_epochs or (0.05 if q else 1.0)

@@ -129,8 +129,8 @@ def test_kl_ignores_the_relu_zero_spike():
     assert 0.3 * float(x.max()) < float(s) * 15 <= float(x.max())
 
 
-def test_kl_affine_keeps_the_exact_lower_end():
-    # normalised images: a background spike at the minimum; affine KL keeps lo = min and clips only the top
+def test_kl_affine_keeps_a_spike_at_the_minimum():
+    # normalised images: a background spike at the minimum must not be clipped
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.full((30000,), -0.8), torch.rand(20000, generator=g) * 2.8 - 0.8])
     form = QuantForm(8, "per_tensor", False)
@@ -141,3 +141,18 @@ def test_kl_affine_keeps_the_exact_lower_end():
     xq = fake_quant(x, s, z, *grid_for(form, False))
     # the background is not clipped: within half a step (the zero point is rounded onto the integer grid)
     assert float((xq[:30000] + 0.8).abs().max()) <= float(s) / 2 + 1e-6
+
+
+def test_kl_affine_clips_each_side_of_a_signed_bulk():
+    # a signed bulk around 0 with one far negative outlier (a linear bottleneck's output): both sides keep
+    # the bulk, the outlier is clipped, and the range still spans zero
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(50000, generator=g), torch.tensor([-40.0])])
+    form = QuantForm(4, "per_tensor", False)
+    s, z = get_calibrator("kl").scale_offset(x, form, nonneg=False)
+    qmin, qmax = grid_for(form, False)
+    lo, hi = float((qmin - z) * s), float((qmax - z) * s)
+    assert -10 < lo < -1 and 1 < hi <= float(x.max()) + float(s)
+    mse = float((fake_quant(x, s, z, qmin, qmax) - x)[:-1].pow(2).mean())
+    s_max, z_max = get_calibrator("maxabs").scale_offset(x, form, nonneg=False)
+    assert mse < float((fake_quant(x, s_max, z_max, qmin, qmax) - x)[:-1].pow(2).mean())
