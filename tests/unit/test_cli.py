@@ -90,10 +90,10 @@ def test_dqss_qat_cli_tracks_in_mlflow_and_eval_rebuilds_from_strategy(tmp_path,
     assert code == 0
     ck = str(fp / "model.pt")
     q = tmp_path / "dqss"
-    code, out, _ = run(["dqss", "--checkpoint", ck, "--mode", "qat", "--bits", "4", "--search-epochs", "0.5",
+    code, out, err = run(["dqss", "--checkpoint", ck, "--mode", "qat", "--bits", "4", "--search-epochs", "0.5",
                         "--finetune-epochs", "0.5", "--calib-images", "128", "--easyquant-steps", "10", "--quiet",
                         "--out", str(q)], capsys)
-    assert code == 0 and "DQSS-QAT uniform:W4A4" in out
+    assert code == 0 and "DQSS-QAT uniform:W4A4" in out, err
     m = json.loads((q / "metrics.json").read_text())
     assert m["mode"] == "qat" and m["finetune_seconds"] > 0
     code, out, _ = run(["eval", "--strategy", str(q / "strategy.json")], capsys)

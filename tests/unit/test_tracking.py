@@ -63,3 +63,16 @@ def test_unreachable_server_fails_before_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "unreachable" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "fp32").exists()
+
+
+def test_parent_run_leaves_the_tracking_env_as_it_found_it(tmp_path, monkeypatch):
+    import os
+
+    from quantsearch.config import JobSpec
+    from quantsearch.tracking import JobTracker
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec = JobSpec.model_validate({"name": "env", "output_dir": str(tmp_path)})
+    with JobTracker(spec).parent():
+        pass
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # mlflow.set_tracking_uri exports it; the next job must not inherit

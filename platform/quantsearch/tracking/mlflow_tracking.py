@@ -95,16 +95,25 @@ class JobTracker:
         _quiet_mlflow()
         import mlflow
 
+        # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; put it back afterwards so this job's store
+        # does not become the next job's (a stopped server would then fail it)
+        saved = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.uri)
-        mlflow.set_experiment(self.spec.name)
-        with mlflow.start_run(run_name=f"{self.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}") as run:
-            self.run_id = run.info.run_id
-            params = flatten(self.spec.model_dump())
-            items = list(params.items())
-            for i in range(0, len(items), 90):  # MLflow caps params per batch
-                mlflow.log_params(dict(items[i:i + 90]))
-            mlflow.set_tags({"git_commit": git_commit(), "quantsearch.job": self.spec.name, **(tags or {})})
-            yield self
+        try:
+            mlflow.set_experiment(self.spec.name)
+            with mlflow.start_run(run_name=f"{self.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}") as run:
+                self.run_id = run.info.run_id
+                params = flatten(self.spec.model_dump())
+                items = list(params.items())
+                for i in range(0, len(items), 90):  # MLflow caps params per batch
+                    mlflow.log_params(dict(items[i:i + 90]))
+                mlflow.set_tags({"git_commit": git_commit(), "quantsearch.job": self.spec.name, **(tags or {})})
+                yield self
+        finally:
+            if saved is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = saved
 
     @contextmanager
     def child(self, name: str, params: Mapping[str, Any] | None = None) -> Iterator[str]:
