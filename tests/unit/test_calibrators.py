@@ -65,7 +65,7 @@ def test_kl_clips_outliers_and_stays_in_range():
     assert kl_threshold(hist, amax, 128) > 0.8 * amax  # a uniform tensor keeps nearly its whole range
 
 
-@pytest.mark.parametrize("name", ["maxabs", "mse", "kl", "admm"])
+@pytest.mark.parametrize("name", ["maxabs", "mse", "kl", "admm", "torchao-minmax", "torchao-histogram"])
 @pytest.mark.parametrize("form", [SYM4, QuantForm(3, "per_tensor", False), QuantForm(8, "per_channel", True)])
 def test_each_calibrator_gives_scales_in_range_and_deterministic(name, form):
     g = torch.Generator().manual_seed(1)
@@ -156,3 +156,15 @@ def test_kl_affine_clips_each_side_of_a_signed_bulk():
     mse = float((fake_quant(x, s, z, qmin, qmax) - x)[:-1].pow(2).mean())
     s_max, z_max = get_calibrator("maxabs").scale_offset(x, form, nonneg=False)
     assert mse < float((fake_quant(x, s_max, z_max, qmin, qmax) - x)[:-1].pow(2).mean())
+
+
+def test_torchao_observers_match_torch_and_histogram_never_wider():
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.rand(20000, generator=g) * 2 - 0.5, torch.tensor([30.0])])
+    form = QuantForm(4, "per_tensor", False)
+    s, z = get_calibrator("torchao-minmax").scale_offset(x, form)
+    # MinMax: [min, max] mapped onto the 16-level grid, as torch's observer does
+    assert torch.allclose(s, torch.tensor([(30.0 + 0.5) / 15]), rtol=1e-5) and float(z) == round(0.5 / float(s))
+    s_h, z_h = get_calibrator("torchao-histogram").scale_offset(x, form)
+    # the histogram observer searches sub-ranges of [min, max]: never a wider range, a valid grid zero point
+    assert 0 < float(s_h) <= float(s) * 1.0001 and 0 <= float(z_h) <= 15

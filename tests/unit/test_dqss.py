@@ -145,3 +145,17 @@ def test_strategy_file_errors_are_one_line(tmp_path):
     bad.write_text('{"format": "something-else"}')
     with pytest.raises(ConfigError, match="not a DQSS strategy file"):
         load_strategy(bad)
+
+
+def test_dqss_ptq_options_learn_scales_and_untie(tiny):
+    out, data = tiny
+    qat = QATSpec(config="uniform:W4A4", calib_images=128)
+    kw = {"iters": 10, "lr": 0.1, "batch_size": 64, "easyquant_steps": 10}
+    base = load_strategy(run_dqss_ptq(out / "fp32" / "model.pt", data, qat, out / "p0", **kw).strategy_path)
+    learned = load_strategy(run_dqss_ptq(out / "fp32" / "model.pt", data, qat, out / "p1", scale_lr=1e-3,
+                                         tie=False, **kw).strategy_path)
+    assert learned["search"]["scale_lr"] == 1e-3 and learned["search"]["tied_inputs"] is False
+    # every layer is its own activation group without tying, and the chosen scales moved with scale_lr > 0
+    assert all(v["activation_group"] == n for n, v in learned["layers"].items())
+    assert any(v["activation_group"] != n for n, v in base["layers"].items())
+    assert any(learned["layers"][n]["weight_scale"] != base["layers"][n]["weight_scale"] for n in base["layers"])
