@@ -350,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--out", required=True)
     ca.set_defaults(func=cmd_calibrate)
 
+    from quantsearch.config import DQSSSpec
+
+    dd = {k: f.default for k, f in DQSSSpec.model_fields.items()}  # one source of defaults: the job spec's
     dq = sub.add_parser("dqss", help="DQSS: differentiable per-layer choice of calibration algorithm")
     dq.add_argument("--checkpoint", required=True, help="FP32 checkpoint")
     dq.add_argument("--mode", choices=["ptq", "qat"], default="ptq",
@@ -358,23 +361,29 @@ def build_parser() -> argparse.ArgumentParser:
     bits = dq.add_mutually_exclusive_group(required=True)
     bits.add_argument("--bits", type=int, help="uniform W<b>A<b> (first/last layer stay 8-bit)")
     bits.add_argument("--subnet", help="a SubnetConfig JSON (e.g. a searched subnet's per-layer bits)")
-    dq.add_argument("--profile", default="generic")
-    dq.add_argument("--iters", type=int, default=300, help="PTQ search steps")
+    dq.add_argument("--profile", default=dd["profile"])
+    dq.add_argument("--iters", type=int, default=dd["iters"], help="PTQ search steps")
     dq.add_argument("--lr", type=float, default=None, help="learning rate of alpha/beta (default 0.05 PTQ, 0.01 QAT)")
-    dq.add_argument("--search-epochs", type=float, default=1.0, help="QAT: epochs of the joint search")
-    dq.add_argument("--finetune-epochs", type=float, default=1.0, help="QAT: epochs fine-tuning the argmax strategy")
-    dq.add_argument("--weight-lr", type=float, default=1e-3, help="QAT: learning rate of the network weights")
+    dq.add_argument("--search-epochs", type=float, default=dd["search_epochs"],
+                    help="QAT: epochs of the joint search")
+    dq.add_argument("--finetune-epochs", type=float, default=dd["finetune_epochs"],
+                    help="QAT: epochs fine-tuning the argmax strategy")
+    dq.add_argument("--weight-lr", type=float, default=dd["weight_lr"],
+                    help="QAT: learning rate of the network weights")
     dq.add_argument("--scale-lr", type=float, default=None,
                     help="learning rate of the candidate scales (default: QAT 1e-3; PTQ 0 = scales frozen)")
-    dq.add_argument("--kd-weight", type=float, default=1.0, help="QAT: weight of the KL-to-FP32 term next to CE")
+    dq.add_argument("--kd-weight", type=float, default=dd["kd_weight"],
+                    help="QAT: weight of the KL-to-FP32 term next to CE")
     dq.add_argument("--no-tie", action="store_true", help="one alpha per layer even where layers share an input")
     dq.add_argument("--quiet", action="store_true", help="no progress bars")
-    dq.add_argument("--calib-images", type=int, default=1024)
+    dq.add_argument("--calib-images", type=int, default=dd["calib_images"])
     dq.add_argument("--test-limit", type=int, default=None)
     dq.add_argument("--seed", type=int, default=0)
-    dq.add_argument("--easyquant-steps", type=int, default=100, help="EasyQuant grid points per search")
-    dq.add_argument("--subsets", type=int, default=0, help="K > 0: K Ray Tune trials on K disjoint calibration "
-                                                           "subsets, their agreement and a combined strategy")
+    dq.add_argument("--easyquant-steps", type=int, default=dd["easyquant_steps"],
+                    help="EasyQuant grid points per search")
+    dq.add_argument("--subsets", type=int, default=dd["subsets"],
+                    help="K > 0: K Ray Tune trials on K disjoint calibration subsets, their agreement and a "
+                         "combined strategy")
     dq.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     dq.add_argument("--out", required=True, help="folder for strategy.json, model.pt, metrics.json")
     dq.set_defaults(func=cmd_dqss)
