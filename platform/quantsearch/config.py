@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from quantsearch._util import suggest
 from quantsearch.errors import ConfigError
@@ -45,7 +45,6 @@ class TrainingSpec(_Strict):
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     augment: bool = Field(False, description="random crop (+flip where valid); off: 4 epochs reach more without")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    device: str = "cpu"
 
 
 class QATSpec(_Strict):
@@ -140,6 +139,7 @@ class JobSpec(_Strict):
 
     name: str = "job"
     seed: int = 0
+    device: str = Field("auto", description="cpu, cuda, cuda:N or auto (cuda when present); every stage uses it")
     output_dir: str = "runs/job"
     tracking_uri: str | None = Field(None, description="MLflow URI; default sqlite:///<output_dir>/mlflow.db")
     data: DataSpec = DataSpec()
@@ -148,6 +148,26 @@ class JobSpec(_Strict):
     qat: QATSpec | None = None
     supernet: SupernetSpec | None = None
     dqss: DQSSSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, raw: Any) -> Any:
+        """Specs written before the job-wide `device` key kept it under `training`: move it up."""
+        if isinstance(raw, dict) and isinstance(raw.get("training"), dict) and "device" in raw["training"]:
+            old = raw["training"]["device"]
+            raw = {**raw, "training": {k: v for k, v in raw["training"].items() if k != "device"}}
+            raw.setdefault("device", old)
+        return raw
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        from quantsearch.device import check_device_name
+
+        try:
+            return check_device_name(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:

@@ -12,6 +12,7 @@ from torch import nn
 from quantsearch._util import atomic_write_json, seed_everything
 from quantsearch.config import JobSpec
 from quantsearch.data import PreparedData
+from quantsearch.device import resolve_device
 from quantsearch.models import count_params, create
 from quantsearch.train.checkpoint import load_checkpoint, save_checkpoint
 from quantsearch.train.loop import evaluate, train_epoch
@@ -44,8 +45,9 @@ def train_fp32(spec: JobSpec, data: PreparedData, out_dir: str | Path, resume: b
     """Train the spec's model in FP32; writes <out_dir>/model.pt and metrics.json; resumes if present."""
     out_dir = Path(out_dir)
     tr = spec.training
+    device = resolve_device(spec.device)
     gen = seed_everything(spec.seed)
-    model = create(spec.model.name, data.bundle.num_classes, data.bundle.in_channels).to(tr.device)
+    model = create(spec.model.name, data.bundle.num_classes, data.bundle.in_channels).to(device)
     optimizer = make_optimizer(model.parameters(), tr.optimizer, tr.lr, tr.weight_decay, tr.momentum)
     steps_per_epoch = -(-len(data.train) // tr.batch_size)
     scheduler = make_scheduler(optimizer, tr.schedule, steps_per_epoch * tr.epochs)
@@ -62,9 +64,9 @@ def train_fp32(spec: JobSpec, data: PreparedData, out_dir: str | Path, resume: b
         t0 = time.perf_counter()
         with epoch_progress(f"fp32 epoch {epoch + 1}/{tr.epochs}", steps_per_epoch, progress) as tick:
             loss = train_epoch(model, data.train, data.mean, data.std, optimizer, scheduler, gen,
-                               tr.batch_size, tr.augment, data.bundle.hflip, tr.label_smoothing, tr.device,
+                               tr.batch_size, tr.augment, data.bundle.hflip, tr.label_smoothing, device,
                                on_batch=tick)
-        val = evaluate(model, data.val, data.mean, data.std, device=tr.device) if len(data.val) else None
+        val = evaluate(model, data.val, data.mean, data.std, device=device) if len(data.val) else None
         elapsed += time.perf_counter() - t0
         history.append({"epoch": epoch + 1, "train_loss": loss, "val_acc": val.top1 if val else float("nan")})
         save_checkpoint(ckpt_path, {
@@ -74,8 +76,8 @@ def train_fp32(spec: JobSpec, data: PreparedData, out_dir: str | Path, resume: b
             "scheduler": scheduler.state_dict(), "rng": gen.get_state(), "epoch": epoch + 1,
             "history": history, "seconds": elapsed, "seed": spec.seed,
         })
-    val_acc = evaluate(model, data.val, data.mean, data.std, device=tr.device).top1 if len(data.val) else float("nan")
-    test_acc = evaluate(model, data.test, data.mean, data.std, device=tr.device).top1
+    val_acc = evaluate(model, data.val, data.mean, data.std, device=device).top1 if len(data.val) else float("nan")
+    test_acc = evaluate(model, data.test, data.mean, data.std, device=device).top1
     result = TrainResult(ckpt_path, val_acc, test_acc, count_params(model), tr.epochs, elapsed, history)
     atomic_write_json(out_dir / "metrics.json", {
         "model": spec.model.name, "dataset": data.bundle.name, "val_acc": val_acc, "test_acc": test_acc,

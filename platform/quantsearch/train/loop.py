@@ -23,7 +23,7 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ArrayData, mean: float, std: float, batch_size: int = 512,
-             device: str = "cpu") -> EvalResult:
+             device: str | torch.device = "cpu") -> EvalResult:
     """Evaluate in eval mode; returns top-1 and mean CE."""
     was_training = model.training
     model.eval()
@@ -41,7 +41,7 @@ def evaluate(model: nn.Module, data: ArrayData, mean: float, std: float, batch_s
 def train_epoch(model: nn.Module, data: ArrayData, mean: float, std: float, optimizer: torch.optim.Optimizer,
                 scheduler: torch.optim.lr_scheduler.LRScheduler | None, generator: torch.Generator,
                 batch_size: int, augment: bool, hflip: bool, label_smoothing: float = 0.0,
-                device: str = "cpu", on_batch: Callable[[int, float], None] | None = None) -> float:
+                device: str | torch.device = "cpu", on_batch: Callable[[int, float], None] | None = None) -> float:
     """Train one epoch with per-batch scheduler steps; return the mean training loss."""
     model.train()
     total, count = 0.0, 0
