@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from quantsearch import __version__
 from quantsearch.errors import ConfigError, QuantsearchError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,14 +29,17 @@ def _job_from_args(args: argparse.Namespace) -> object:
     if getattr(args, "job", None):
         spec = load_job(args.job, args.set or [])
     else:
-        spec = validate_spec(apply_overrides(JobSpec().model_dump(), args.set or []))
+        spec = validate_spec(apply_overrides({}, args.set or []))
+    assert isinstance(spec, JobSpec)
     return spec
 
 
 def _override(spec: object, **sections: dict[str, object]) -> object:
+    """Set CLI values (None = not given) on a spec and validate again. Only the values the spec set itself or the
+    CLI gives count as set (`model_fields_set`): checks that apply to explicit values only (calib_images) rely on it."""
     from quantsearch.config import validate_spec
 
-    raw = spec.model_dump()  # type: ignore[attr-defined]
+    raw = spec.model_dump(exclude_unset=True)  # type: ignore[attr-defined]
     for section, values in sections.items():
         for key, value in values.items():
             if value is None:
@@ -44,6 +51,39 @@ def _override(spec: object, **sections: dict[str, object]) -> object:
                     raw[section] = {}
                 raw[section][key] = value
     return validate_spec(raw)
+
+
+def _device(name: str | None) -> torch.device:
+    """Resolve --device early (cuda without a GPU is one line, before any work); None means auto."""
+    from quantsearch.device import resolve_device
+
+    return resolve_device(name or "auto")
+
+
+def _out_dir(path: str) -> Path:
+    """--out must be a folder or creatable; nothing is created here."""
+    from quantsearch.config import check_output_dir
+
+    return check_output_dir(path, "--out")
+
+
+def _check_config_flag(config: str, flag: str) -> None:
+    """A config built from --bits / --config / --subnet, checked with the flag named (bits 2..8, file exists)."""
+    from quantsearch.config import check_config_string
+
+    try:
+        check_config_string(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{flag}: {exc}") from exc
+
+
+def _check_calib(value: int | None, data: object, flag: str = "--calib-images") -> None:
+    """An explicit --calib-images above what the train split holds is an error (the default uses all of it)."""
+    from quantsearch.config import check_calib_images
+
+    if value is not None:
+        check_calib_images(flag, value, len(data.train),  # type: ignore[attr-defined]
+                           f"the train split of {data.bundle.name}")  # type: ignore[attr-defined]
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
@@ -67,10 +107,10 @@ def cmd_profiles_list(args: argparse.Namespace) -> int:
 
 def cmd_data_info(args: argparse.Namespace) -> int:
     """Print dataset facts."""
-    from quantsearch.config import DataSpec
+    from quantsearch.config import DataSpec, make_section
     from quantsearch.data import prepare_data
 
-    d = prepare_data(DataSpec(name=args.data, root=args.root, val_size=args.val_size))
+    d = prepare_data(make_section(DataSpec, "data", name=args.data, root=args.root, val_size=args.val_size))
     b = d.bundle
     print(f"dataset      {b.name}\nsource       {b.source}\nimage        {b.in_channels}x{b.image_size}x{b.image_size}"
           f"\nclasses      {b.num_classes}\ntrain / val  {len(d.train)} / {len(d.val)}\ntest         {len(d.test)}")
@@ -82,15 +122,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from quantsearch.data import prepare_data
     from quantsearch.train import train_fp32
 
+    out = _out_dir(args.out)
     spec = _override(_job_from_args(args), data={"name": args.data, "train_limit": args.train_limit},
                      model={"name": args.model},
                      training={"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size},
-                     **{"": {"seed": args.seed}})
+                     **{"": {"seed": args.seed, "device": args.device}})
+    _device(spec.device)  # type: ignore[attr-defined]
     from quantsearch.models import create
 
     data = prepare_data(spec.data)  # type: ignore[attr-defined]
     create(spec.model.name, data.bundle.num_classes, data.bundle.in_channels)  # type: ignore[attr-defined]
-    res = train_fp32(spec, data, args.out, resume=not args.no_resume, progress=not args.quiet)  # type: ignore[arg-type]
+    res = train_fp32(spec, data, out, resume=not args.no_resume, progress=not args.quiet)  # type: ignore[arg-type]
     print(f"model {spec.model.name}: val {100 * res.val_acc:.2f}%  test {100 * res.test_acc:.2f}%  "  # type: ignore[attr-defined]
           f"params {res.params}  {res.epochs} epochs  {res.seconds:.0f}s  -> {res.checkpoint}")
     return 0
@@ -98,10 +140,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint, or the model a DQSS strategy file describes, on the test (or val) split."""
-    from quantsearch.config import DataSpec
+    from quantsearch.config import DataSpec, make_section
     from quantsearch.data import prepare_data
     from quantsearch.train import evaluate, load_checkpoint, load_model
 
+    dev = _device(args.device)
     if args.strategy:
         from quantsearch.dqss import build_from_strategy, load_strategy, strategy_weights
 
@@ -116,9 +159,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         dataset = ckpt["dataset"]
     else:
         raise ConfigError("eval needs --checkpoint MODEL.pt or --strategy strategy.json")
-    data = prepare_data(DataSpec(name=args.data or dataset, root=args.root, test_limit=args.limit))
+    data = prepare_data(make_section(DataSpec, "data", name=args.data or dataset, root=args.root,
+                                     test_limit=args.limit))
     split = data.test if args.split == "test" else data.val
-    res = evaluate(model, split, data.mean, data.std)
+    model = model.to(dev)
+    res = evaluate(model, split, data.mean, data.std, device=dev)
     print(f"{label}  {args.split} top-1 {100 * res.top1:.2f}%  loss {res.loss:.4f}  n={res.n}")
     return 0
 
@@ -126,11 +171,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate a job spec."""
     from quantsearch.config import load_job
-    from quantsearch.pipeline import configured_stages
+    from quantsearch.pipeline import configured_stages, preflight
 
     spec = load_job(args.job, args.set or [])
     stages = configured_stages(spec)
-    print(f"{args.job}: valid job '{spec.name}' ({spec.model.name} on {spec.data.name}; stages: {', '.join(stages)})")
+    # everything `run` checks before work, except whether this machine has the GPU the spec asks for
+    data = preflight(spec, stages, check_device=False)
+    print(f"{args.job}: valid job '{spec.name}' ({spec.model.name} on {spec.data.name}, train {len(data.train)} / "
+          f"val {len(data.val)} / test {len(data.test)}; device {spec.device}; stages: {', '.join(stages)})")
     return 0
 
 
@@ -140,6 +188,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from quantsearch.pipeline import run_job
 
     spec = load_job(args.job, args.set or [])
+    if args.device:
+        spec = _override(spec, **{"": {"device": args.device}})  # type: ignore[assignment]
     run_job(spec, progress=not args.quiet)
     return 0
 
@@ -149,14 +199,20 @@ def cmd_qat(args: argparse.Namespace) -> int:
     from quantsearch.data import prepare_data
     from quantsearch.train import load_checkpoint, train_qat
 
+    out = _out_dir(args.out)
     ckpt = load_checkpoint(args.checkpoint, kind="fp32")
     spec = _job_from_args(args)
     raw_qat = {"config": args.config, "checkpoint": args.checkpoint, "epochs": args.epochs,
                "profile": args.profile, "calib_images": args.calib_images, "lr": args.lr}
     spec = _override(spec, data={"name": ckpt["dataset"], "train_limit": args.train_limit},
-                     qat={k: v for k, v in raw_qat.items() if v is not None}, **{"": {"seed": args.seed}})
+                     qat={k: v for k, v in raw_qat.items() if v is not None},
+                     **{"": {"seed": args.seed, "device": args.device}})
+    _device(spec.device)  # type: ignore[attr-defined]
     data = prepare_data(spec.data)  # type: ignore[attr-defined]
-    res = train_qat(spec, data, args.out, progress=not args.quiet)  # type: ignore[arg-type]
+    qat = spec.qat  # type: ignore[attr-defined]
+    _check_calib(qat.calib_images if "calib_images" in qat.model_fields_set else None, data,
+                 "--calib-images" if args.calib_images is not None else "qat.calib_images")
+    res = train_qat(spec, data, out, progress=not args.quiet)  # type: ignore[arg-type]
     print(f"{args.config} ({res.config.summary()}): calibrated val {100 * res.ptq_val_acc:.2f}%  "
           f"QAT val {100 * res.val_acc:.2f}%  test {100 * res.test_acc:.2f}%  {res.epochs} epochs "
           f"{res.seconds:.0f}s -> {res.checkpoint}")
@@ -165,25 +221,28 @@ def cmd_qat(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """PTQ of one uniform config with a named calibration method."""
-    from quantsearch.config import DataSpec, QATSpec
+    from quantsearch._util import suggest
+    from quantsearch.config import DataSpec, QATSpec, make_section
     from quantsearch.data import prepare_data
     from quantsearch.quant.methods import METHODS
     from quantsearch.train import load_checkpoint
     from quantsearch.train.ptq import calibrate_ptq
 
+    out = _out_dir(args.out)
     for m in (args.method, args.weight_method):
         if m is not None and m not in METHODS:
-            raise ConfigError(f"unknown calibration method '{m}'; choose from {', '.join(METHODS)}")
+            raise ConfigError(f"unknown calibration method '{m}'{suggest(m, METHODS)}; "
+                              f"choose from {', '.join(METHODS)}")
+    dev = _device(args.device)
     ckpt = load_checkpoint(args.checkpoint, kind="fp32")
     config = args.config or f"uniform:W{args.bits}A{args.bits}"
-    try:
-        qat = QATSpec(config=config, profile=args.profile, calib_images=args.calib_images,
-                      act_symmetric=args.act_symmetric)
-    except ValueError as exc:
-        raise ConfigError(f"invalid calibration settings: {str(exc).splitlines()[-1].strip()}") from exc
-    data = prepare_data(DataSpec(name=ckpt["dataset"], test_limit=args.test_limit))
-    res = calibrate_ptq(args.checkpoint, data, qat, args.method, args.weight_method or args.method, args.out,
-                        args.seed)
+    _check_config_flag(config, "--config" if args.config else f"--bits {args.bits}")
+    qat = make_section(QATSpec, "--", config=config, profile=args.profile, calib_images=args.calib_images,
+                       act_symmetric=args.act_symmetric)
+    data = prepare_data(make_section(DataSpec, "data", name=ckpt["dataset"], test_limit=args.test_limit))
+    _check_calib(args.calib_images, data)
+    res = calibrate_ptq(args.checkpoint, data, qat, args.method, args.weight_method or args.method, out,
+                        args.seed, device=dev)
     print(f"{config} ({res.config.summary()}) calibrated with {res.method}: val {100 * res.val_acc:.2f}%  "
           f"test {100 * res.test_acc:.2f}%  ({res.seconds:.1f}s) -> {res.checkpoint}")
     return 0
@@ -191,7 +250,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_dqss(args: argparse.Namespace) -> int:
     """DQSS: choose each layer's calibration algorithm for activations and weights by gradient (PTQ or QAT)."""
-    from quantsearch.config import DataSpec, DQSSSpec, JobSpec
+    from quantsearch.config import DataSpec, DQSSSpec, JobSpec, make_section
     from quantsearch.data import prepare_data
     from quantsearch.dqss import run_dqss
     from quantsearch.tracking import JobTracker
@@ -199,33 +258,38 @@ def cmd_dqss(args: argparse.Namespace) -> int:
     from quantsearch.train import load_checkpoint
     from quantsearch.train.qat import quantized_model, resolve_config
 
+    out = _out_dir(args.out)
+    dev = _device(args.device)
     ckpt = load_checkpoint(args.checkpoint, kind="fp32")
     config = args.subnet or f"uniform:W{args.bits}A{args.bits}"
     if args.search_epochs <= 0 or args.finetune_epochs < 0:
         raise ConfigError("--search-epochs must be > 0 and --finetune-epochs >= 0")
     if args.mode == "qat" and args.subsets:
         raise ConfigError("--subsets runs PTQ searches on calibration subsets; drop --subsets or use --mode ptq")
-    try:
-        spec = DQSSSpec(mode=args.mode, config=config, profile=args.profile, calib_images=args.calib_images,
-                        lr=args.lr, scale_lr=args.scale_lr, iters=args.iters, search_epochs=args.search_epochs,
-                        finetune_epochs=args.finetune_epochs, weight_lr=args.weight_lr, kd_weight=args.kd_weight,
-                        easyquant_steps=args.easyquant_steps, tie=not args.no_tie, subsets=args.subsets,
-                        checkpoint=args.checkpoint)
-    except ValueError as exc:
-        raise ConfigError(f"invalid DQSS settings: {str(exc).splitlines()[-1].strip()}") from exc
-    data_spec = DataSpec(name=ckpt["dataset"], test_limit=args.test_limit)
+    _check_config_flag(config, "--subnet" if args.subnet else f"--bits {args.bits}")
+    spec = make_section(DQSSSpec, "--", mode=args.mode, config=config, profile=args.profile,
+                        calib_images=args.calib_images, lr=args.lr, scale_lr=args.scale_lr, iters=args.iters,
+                        search_epochs=args.search_epochs, finetune_epochs=args.finetune_epochs,
+                        weight_lr=args.weight_lr, kd_weight=args.kd_weight, easyquant_steps=args.easyquant_steps,
+                        tie=not args.no_tie, subsets=args.subsets, checkpoint=args.checkpoint)
+    data_spec = make_section(DataSpec, "data", name=ckpt["dataset"], test_limit=args.test_limit)
     data = prepare_data(data_spec)
     # a config the profile cannot deploy (or a bad subnet file) fails here, before anything is written
     resolve_config(spec.qat_spec(), quantized_model(ckpt, data.example(args.seed)))
-    tracker = JobTracker(JobSpec(name="dqss", seed=args.seed, output_dir=args.out, data=data_spec, dqss=spec))
+    _check_calib(args.calib_images, data)
+    if spec.subsets and spec.subsets * spec.calib_images > len(data.train):
+        raise ConfigError(f"--subsets x --calib-images = {spec.subsets} x {spec.calib_images} images but the train "
+                          f"split of {data.bundle.name} holds only {len(data.train)}; lower one of them")
+    tracker = JobTracker(JobSpec(name="dqss", seed=args.seed, device=args.device or "auto", output_dir=str(out),
+                                 data=data_spec, dqss=spec))
     with tracker.parent(tags={"stage": "dqss", "mode": spec.mode, "config": config, "subsets": str(spec.subsets)}):
         if spec.subsets:
             from quantsearch.distributed.tune_dqss import dqss_over_subsets
 
-            sub = dqss_over_subsets(args.checkpoint, data_spec, spec, args.out, args.seed, args.address)
+            sub = dqss_over_subsets(args.checkpoint, data_spec, spec, out, args.seed, args.address, device=dev)
             log_dqss_subsets(tracker, sub)
         else:
-            res = run_dqss(spec, args.checkpoint, data, args.out, args.seed, progress=not args.quiet)
+            res = run_dqss(spec, args.checkpoint, data, out, args.seed, progress=not args.quiet, device=dev)
             log_dqss_run(tracker, res)
     if spec.subsets:
         for t in sub.trials:
@@ -251,6 +315,8 @@ def cmd_supernet_train(args: argparse.Namespace) -> int:
     from quantsearch.pipeline import run_job
 
     spec = load_job(args.job, args.set or [])
+    if args.device:
+        spec = _override(spec, **{"": {"device": args.device}})  # type: ignore[assignment]
     if spec.supernet is None:
         spec = spec.model_copy(update={"supernet": SupernetSpec()})
     workers = 0 if args.local else args.workers
@@ -264,6 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="quantsearch", description="Find how to quantize a CNN for a target, and prove it on real data.")
     p.add_argument("--version", action="version", version=f"quantsearch {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def device_opt(sp: argparse.ArgumentParser, spec_based: bool = False) -> None:
+        sp.add_argument("--device", default=None, metavar="cpu|cuda|cuda:N|auto",
+                        help="where models run: cpu, cuda, cuda:N or auto (cuda when present); "
+                             + ("overrides the spec's device (default auto)" if spec_based else "default auto"))
 
     def job_opts(sp: argparse.ArgumentParser, positional: bool = False) -> None:
         if positional:
@@ -301,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="output folder (model.pt, metrics.json)")
     tr.add_argument("--no-resume", action="store_true", help="start over even if OUT/model.pt exists")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    device_opt(tr, spec_based=True)
     job_opts(tr)
     tr.set_defaults(func=cmd_train)
 
@@ -311,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--root", default=None)
     ev.add_argument("--split", choices=["test", "val"], default="test")
     ev.add_argument("--limit", type=int, default=None, help="evaluate on only this many test images")
+    device_opt(ev)
     ev.set_defaults(func=cmd_eval)
 
     va = sub.add_parser("validate", help="validate a job spec")
@@ -320,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     rn = sub.add_parser("run", help="run a job spec end to end")
     job_opts(rn, positional=True)
     rn.add_argument("--quiet", action="store_true")
+    device_opt(rn, spec_based=True)
     rn.set_defaults(func=cmd_run)
 
     qa = sub.add_parser("qat", help="LSQ quantization-aware training of one fixed config (baseline)")
@@ -333,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     qa.add_argument("--train-limit", type=int, default=None)
     qa.add_argument("--seed", type=int, default=None)
     qa.add_argument("--quiet", action="store_true")
+    device_opt(qa, spec_based=True)
     job_opts(qa)
     qa.set_defaults(func=cmd_qat)
     ca = sub.add_parser("calibrate", help="PTQ: calibrate one uniform config with a named method (no training)")
@@ -344,10 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--config", default=None, help="uniform:W4A8 etc., or a subnet JSON (overrides --bits)")
     ca.add_argument("--profile", default="generic")
     ca.add_argument("--act-symmetric", action="store_true", help="symmetric activations (default affine)")
-    ca.add_argument("--calib-images", type=int, default=1024)
+    ca.add_argument("--calib-images", type=int, default=None,
+                    help="calibration images from the train split (default 1024, or all it holds if fewer)")
     ca.add_argument("--test-limit", type=int, default=None)
     ca.add_argument("--seed", type=int, default=0)
     ca.add_argument("--out", required=True)
+    device_opt(ca)
     ca.set_defaults(func=cmd_calibrate)
 
     from quantsearch.config import DQSSSpec
@@ -376,7 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="QAT: weight of the KL-to-FP32 term next to CE")
     dq.add_argument("--no-tie", action="store_true", help="one alpha per layer even where layers share an input")
     dq.add_argument("--quiet", action="store_true", help="no progress bars")
-    dq.add_argument("--calib-images", type=int, default=dd["calib_images"])
+    dq.add_argument("--calib-images", type=int, default=None,
+                    help=f"calibration images from the train split (default {dd['calib_images']}, or all it holds "
+                         "if fewer)")
     dq.add_argument("--test-limit", type=int, default=None)
     dq.add_argument("--seed", type=int, default=0)
     dq.add_argument("--easyquant-steps", type=int, default=dd["easyquant_steps"],
@@ -386,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "combined strategy")
     dq.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     dq.add_argument("--out", required=True, help="folder for strategy.json, model.pt, metrics.json")
+    device_opt(dq)
     dq.set_defaults(func=cmd_dqss)
 
     sn = sub.add_parser("supernet", help="EQ-Net elastic supernet").add_subparsers(dest="action", required=True,
@@ -397,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--gpu", action="store_true", help="one GPU per worker")
     st.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     st.add_argument("--quiet", action="store_true")
+    device_opt(st, spec_based=True)
     st.set_defaults(func=cmd_supernet_train)
     return p
 

@@ -3,17 +3,106 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from quantsearch._util import suggest
-from quantsearch.errors import ConfigError
+from quantsearch.errors import ConfigError, QuantsearchError
+
+# The checks below import the registries they consult lazily, at validation time, so that importing this module
+# stays cheap (no torchvision, ray or mlflow); each raises a one-line QuantsearchError naming the fix.
+
+
+def check_dataset_name(name: str) -> str:
+    """A registered dataset name (`quantsearch data info`); unknown names suggest the closest."""
+    from quantsearch.data.datasets import DATASETS
+
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset '{name}'{suggest(name, DATASETS)}; "
+                          f"choose from {', '.join(sorted(DATASETS))}")
+    return name
+
+
+def check_model_name(name: str) -> str:
+    """A reference model or `tv:<torchvision classifier>`; unknown names suggest the closest."""
+    from quantsearch.models import list_models
+
+    if name in list_models(include_torchvision=False):
+        return name
+    known = list_models(include_torchvision=True)  # imports torchvision: only for tv: names and typos
+    if name in known:
+        return name
+    what = "torchvision classifier" if name.startswith("tv:") else "model"
+    hint = f" (did you mean 'tv:{name}'?)" if f"tv:{name}" in known else suggest(name, known)
+    raise ConfigError(f"unknown {what} '{name}'{hint}; see `quantsearch models list`")
+
+
+def check_profile_name(name: str) -> str:
+    """A backend profile name (`quantsearch profiles list`); unknown names suggest the closest."""
+    from quantsearch.quant.profiles import get_profile
+
+    get_profile(name)
+    return name
+
+
+def check_config_string(text: str) -> str:
+    """`uniform:W<b>A<b>` with b in 2..8, or an existing, valid SubnetConfig JSON file."""
+    if Path(text).suffix.lower() == ".json":
+        from quantsearch.space.subnet import SubnetConfig
+
+        if not Path(text).is_file():
+            raise ConfigError(f"subnet file {text} does not exist; give an existing SubnetConfig JSON "
+                              "(e.g. a search's best.json) or uniform:W<b>A<b>")
+        SubnetConfig.load(text)  # bits outside 2..8 or a malformed file: one line
+        return text
+    from quantsearch.space.subnet import parse_uniform
+
+    try:
+        parse_uniform(text)
+    except ConfigError as exc:
+        msg = str(exc)
+        if "must look like" not in msg:
+            msg += "; write uniform:W<b>A<b> with b in 2..8, e.g. uniform:W4A4"
+        raise ConfigError(msg) from exc
+    return text
+
+
+def _as_value_error(check: Any, value: Any) -> Any:
+    """Run a check inside a pydantic validator: its one-line error becomes the field's error (dotted key)."""
+    try:
+        return check(value)
+    except QuantsearchError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def check_output_dir(path: str | Path, what: str = "--out") -> Path:
+    """An output folder that exists as a folder or can be created (no file in the way); creates nothing."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{what} {p} is an existing file, not a folder; pass a folder path (created when the "
+                          "run starts)")
+    for parent in p.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{what} {p}: {parent} is a file, not a folder; pass a folder path")
+            break
+    return p
+
+
+def check_calib_images(key: str, value: int, available: int, split: str = "the train split") -> None:
+    """Calibration images cannot exceed what the split they are drawn from holds."""
+    if value > available:
+        raise ConfigError(f"{key} is {value} but {split} holds only {available} images; set it to at most "
+                          f"{available} (or use more data)")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+_S = TypeVar("_S", bound=BaseModel)
 
 
 class DataSpec(_Strict):
@@ -26,11 +115,21 @@ class DataSpec(_Strict):
     test_limit: int | None = Field(None, ge=1, description="evaluate on only this many test images")
     split_seed: int = 0
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _as_value_error(check_dataset_name, v)
+
 
 class ModelSpec(_Strict):
     """Which architecture (see `quantsearch models list`)."""
 
     name: str = "resnet8"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _as_value_error(check_model_name, v)
 
 
 class TrainingSpec(_Strict):
@@ -62,6 +161,16 @@ class QATSpec(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     calib_images: int = Field(1024, ge=1, description="images used to initialise scales (MSE clip search)")
     checkpoint: str | None = Field(None, description="FP32 checkpoint; default: <output_dir>/fp32/model.pt")
+
+    @field_validator("config")
+    @classmethod
+    def _config(cls, v: str) -> str:
+        return _as_value_error(check_config_string, v)
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, v: str) -> str:
+        return _as_value_error(check_profile_name, v)
 
 
 class SupernetSpec(_Strict):
@@ -98,6 +207,20 @@ class SupernetSpec(_Strict):
     max_failures: int = Field(1, ge=0)
     num_to_keep: int = Field(2, ge=1)
 
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, v: str) -> str:
+        return _as_value_error(check_profile_name, v)
+
+    @field_validator("table_bits")
+    @classmethod
+    def _table_bits(cls, v: list[int]) -> list[int]:
+        bad = [b for b in v if not 2 <= b <= 8]
+        if bad or not v:
+            raise ValueError(f"bits {bad} are outside 2..8; list bit-widths in 2..8, e.g. [8, 6, 4, 3, 2]" if bad
+                             else "list at least one bit-width in 2..8, e.g. [8, 4]")
+        return v
+
 
 class DQSSSpec(_Strict):
     """DQSS: each layer's calibration algorithm (activations and weights) chosen by gradient, PTQ or QAT."""
@@ -120,6 +243,16 @@ class DQSSSpec(_Strict):
     tie: bool = Field(True, description="one alpha for layers reading the same tensor")
     subsets: int = Field(0, ge=0, description="PTQ: K > 0 runs K Ray Tune trials on disjoint calibration subsets")
     checkpoint: str | None = Field(None, description="FP32 checkpoint; default: <output_dir>/fp32/model.pt")
+
+    @field_validator("config")
+    @classmethod
+    def _config(cls, v: str) -> str:
+        return _as_value_error(check_config_string, v)
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, v: str) -> str:
+        return _as_value_error(check_profile_name, v)
 
     def arch_lr(self) -> float:
         """alpha/beta learning rate, defaulted by mode."""
@@ -186,16 +319,30 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
     return cur
 
 
-def _explain(exc: ValidationError, model: type[BaseModel]) -> str:
+def _explain(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
     err = exc.errors()[0]
     loc = tuple(err["loc"])
-    dotted = ".".join(str(p) for p in loc)
+    if prefix == "--":  # a section built from command-line flags: name the flag
+        dotted = "--" + str(loc[0]).replace("_", "-")
+    else:
+        dotted = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc)
     if err["type"] == "extra_forbidden":
         owner = _model_at(model, loc)
         hint = suggest(str(loc[-1]), owner.model_fields) if owner else ""
         valid = f"; valid keys here: {', '.join(owner.model_fields)}" if owner and not hint else ""
         return f"unknown key '{dotted}'{hint}{valid}"
-    return f"invalid value for '{dotted}': {err['msg']}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"invalid value for '{dotted}': {msg}"
+
+
+def make_section(model: type[_S], section: str = "", **values: Any) -> _S:
+    """Build a spec section (DataSpec, QATSpec, ...) from keyword values; a bad value is a one-line ConfigError
+    naming `section.key` (section "--": the flag `--key`). Values of None are left out, so the section's defaults
+    apply (and count as unset)."""
+    try:
+        return model.model_validate({k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, model, section)) from exc
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -244,12 +391,17 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"job spec {path} does not exist; see jobs/ for examples")
+    if path.is_dir():
+        raise ConfigError(f"job spec {path} is a folder; pass a YAML file (see jobs/ for examples)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path} is not valid YAML{where}; fix the syntax") from exc
+    if raw is None:
+        raise ConfigError(f"job spec {path} is empty; write at least its name and sections (data, model, training, "
+                          "...), e.g. copy jobs/demo.yaml")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections (data, model, training, ...)")
     return validate_spec(apply_overrides(raw, overrides or []))

@@ -9,8 +9,9 @@ from rich.console import Console
 from rich.table import Table
 
 from quantsearch._util import atomic_write_json
-from quantsearch.config import JobSpec, SupernetSpec
+from quantsearch.config import JobSpec, QATSpec, SupernetSpec, check_calib_images, check_output_dir
 from quantsearch.data import PreparedData, prepare_data
+from quantsearch.errors import ConfigError
 from quantsearch.tracking import JobTracker
 
 STAGES = ("fp32", "qat", "dqss", "supernet")
@@ -33,6 +34,67 @@ def configured_stages(spec: JobSpec) -> list[str]:
             + (["supernet"] if spec.supernet else []))
 
 
+def _explicit_checkpoints(spec: JobSpec, stages: list[str]) -> list[tuple[str, Path]]:
+    """(key, path) of each FP32 checkpoint the spec names for a stage it runs, other than the one fp32 writes."""
+    own = (Path(spec.output_dir) / "fp32" / "model.pt").absolute()
+    named = [("qat.checkpoint", spec.qat.checkpoint if spec.qat and "qat" in stages else None),
+             ("dqss.checkpoint", spec.dqss.checkpoint if spec.dqss and "dqss" in stages else None),
+             ("supernet.checkpoint", (spec.supernet or SupernetSpec()).checkpoint if "supernet" in stages else None)]
+    return [(key, Path(path)) for key, path in named if path and Path(path).absolute() != own]
+
+
+def check_calibration(spec: JobSpec, data: PreparedData, stages: list[str]) -> None:
+    """Calibration images a stage asks for explicitly must fit in the train split they are drawn from (a default
+    larger than the split uses all of it); DQSS subsets must fit side by side."""
+    n_train = len(data.train)
+    split = f"the train split of {data.bundle.name}"
+    if spec.qat is not None and "qat" in stages and "calib_images" in spec.qat.model_fields_set:
+        check_calib_images("qat.calib_images", spec.qat.calib_images, n_train, split)
+    dq = spec.dqss
+    if dq is not None and "dqss" in stages:
+        if dq.subsets and dq.subsets * dq.calib_images > n_train:
+            raise ConfigError(f"dqss.subsets x dqss.calib_images = {dq.subsets} x {dq.calib_images} images but {split} "
+                              f"holds only {n_train}; lower one of them")
+        if "calib_images" in dq.model_fields_set:
+            check_calib_images("dqss.calib_images", dq.calib_images, n_train, split)
+    sn = spec.supernet
+    if sn is not None and "supernet" in stages and "calib_images" in sn.model_fields_set:
+        if sn.train_images is not None and sn.train_images < n_train:
+            check_calib_images("supernet.calib_images", sn.calib_images, sn.train_images,
+                               "its subset (supernet.train_images)")
+        check_calib_images("supernet.calib_images", sn.calib_images, n_train, split)
+
+
+def preflight(spec: JobSpec, stages: list[str] | None = None, check_device: bool = True) -> PreparedData:
+    """Every check a run can make before any work, in one place; writes nothing. Returns the prepared data.
+
+    The output folder (no file in the way), the device (CUDA present when asked for), FP32 checkpoints the spec
+    names (exist, readable, finite), the data, the model for its shape, the QAT/DQSS configs against their
+    profiles, and calibration sizes against the train split."""
+    from quantsearch.device import resolve_device
+    from quantsearch.models import create
+    from quantsearch.quant import QuantPolicy, convert
+    from quantsearch.train import load_checkpoint
+    from quantsearch.train.qat import quantized_model, resolve_config
+
+    stages = stages or configured_stages(spec)
+    check_output_dir(spec.output_dir, "output_dir")
+    if check_device:
+        resolve_device(spec.device)
+    ckpts = {key: load_checkpoint(path, kind="fp32") for key, path in _explicit_checkpoints(spec, stages)}
+    data = prepare_data(spec.data)
+    model = create(spec.model.name, data.bundle.num_classes, data.bundle.in_channels)  # builds for this data
+    example = data.example(spec.seed)
+    for key, section in (("qat", spec.qat), ("dqss", spec.dqss)):
+        if section is None or key not in stages:
+            continue
+        ck = ckpts.get(f"{key}.checkpoint")
+        qmodel = quantized_model(ck, example) if ck else convert(model, QuantPolicy(), example)
+        resolve_config(section if isinstance(section, QATSpec) else section.qat_spec(), qmodel)  # deployable
+    check_calibration(spec, data, stages)
+    return data
+
+
 def _dqss_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out: Path, progress: bool,
                 address: str | None) -> list[StageRow]:
     from quantsearch.dqss import run_dqss
@@ -46,11 +108,11 @@ def _dqss_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out: Pat
         if dq.subsets:
             from quantsearch.distributed.tune_dqss import dqss_over_subsets
 
-            sub = dqss_over_subsets(fp32, spec.data, dq, out / "dqss", spec.seed, address)
+            sub = dqss_over_subsets(fp32, spec.data, dq, out / "dqss", spec.seed, address, device=spec.device)
             log_dqss_subsets(tracker, sub)
             return [StageRow(f"DQSS-PTQ x{dq.subsets} subsets (combined)", label, sub.combined_val_acc,
                              sub.combined_test_acc, 0.0)]
-        res = run_dqss(dq, fp32, data, out / "dqss", spec.seed, progress)
+        res = run_dqss(dq, fp32, data, out / "dqss", spec.seed, progress, device=spec.device)
         log_dqss_run(tracker, res)
     return [StageRow(f"DQSS-{dq.mode.upper()}", label, res.val_acc, res.test_acc,
                      res.search_seconds + res.finetune_seconds)]
@@ -100,10 +162,10 @@ def run_job(spec: JobSpec, progress: bool = True, console: Console | None = None
     workers = sn.workers if workers is None else workers
     use_gpu = sn.use_gpu if use_gpu is None else use_gpu
     out = Path(spec.output_dir)
+    data = preflight(spec, stages)  # every input checked before the tracker creates the output folder
     tracker = JobTracker(spec)
     rows: list[StageRow] = []
     with tracker.parent(tags={"profile": sn.profile, "stages": ",".join(stages)}):
-        data = prepare_data(spec.data)
         console.print(f"[bold]{spec.name}[/]: {spec.model.name} on {data.bundle.name} (train {len(data.train)}, "
                       f"val {len(data.val)}, test {len(data.test)}) -> {out}; MLflow {tracker.uri}")
         with tracker.child("fp32"):

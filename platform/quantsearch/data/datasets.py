@@ -68,15 +68,38 @@ class DataBundle:
         return int(self.train.images.shape[2])
 
 
+def _fashion_in(folder: Path) -> Path | None:
+    """The folder (itself, fashion-mnist/ or FashionMNIST/raw/ in it) holding all four IDX files, else None."""
+    for sub in (folder, folder / "fashion-mnist", folder / "FashionMNIST" / "raw"):
+        if all((sub / f).exists() or (sub / f"{f}.gz").exists() for f in FASHION_FILES.values()):
+            return sub
+    return None
+
+
+def _no_fashion_at(what: str, folder: Path) -> DataError:
+    state = "does not exist" if not folder.exists() else "holds no Fashion-MNIST"
+    return DataError(f"{what} {state}: expected {', '.join(FASHION_FILES.values())} (plain or .gz) in it or in its "
+                     f"fashion-mnist/ or FashionMNIST/raw/ folder; point it at those files or unset it")
+
+
 def _find_fashion_dir(root: str | None) -> Path | None:
-    candidates = [Path(root)] if root else []
-    if os.environ.get("QUANTSEARCH_DATA"):
-        candidates.append(Path(os.environ["QUANTSEARCH_DATA"]))
-    candidates += [DEBIAN_FASHION_DIR, Path.home() / ".cache" / "quantsearch" / "fashion-mnist"]
-    for cand in candidates:
-        for sub in (cand, cand / "fashion-mnist", cand / "FashionMNIST" / "raw"):
-            if all((sub / f).exists() or (sub / f"{f}.gz").exists() for f in FASHION_FILES.values()):
-                return sub
+    """An explicitly named place (data.root, then QUANTSEARCH_DATA) must hold the files; otherwise the Debian
+    package's folder or the download cache, or None."""
+    if root:
+        found = _fashion_in(Path(root))
+        if found is None:
+            raise _no_fashion_at(f"data.root {root}", Path(root))
+        return found
+    env = os.environ.get("QUANTSEARCH_DATA")
+    if env:
+        found = _fashion_in(Path(env))
+        if found is None:
+            raise _no_fashion_at(f"QUANTSEARCH_DATA={env}", Path(env))
+        return found
+    for cand in (DEBIAN_FASHION_DIR, Path.home() / ".cache" / "quantsearch" / "fashion-mnist"):
+        found = _fashion_in(cand)
+        if found is not None:
+            return found
     return None
 
 

@@ -42,4 +42,21 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
                               f"version {VERSION}: retrain with this version")
     if kind is not None and ckpt.get("kind") != kind:
         raise CheckpointError(f"{path} is a '{ckpt.get('kind')}' checkpoint, expected '{kind}'")
+    bad = first_non_finite(ckpt.get("state_dict"))
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} has non-finite values in '{bad}'; retrain or restore it")
     return ckpt
+
+
+def first_non_finite(state: Any, prefix: str = "") -> str | None:
+    """The name of the first floating tensor holding NaN or inf in a (nested) state dict, else None."""
+    if isinstance(state, torch.Tensor):
+        if state.is_floating_point() and not bool(torch.isfinite(state).all()):
+            return prefix or "<tensor>"
+        return None
+    if isinstance(state, dict):
+        for key, value in state.items():
+            found = first_non_finite(value, f"{prefix}.{key}" if prefix else str(key))
+            if found is not None:
+                return found
+    return None
