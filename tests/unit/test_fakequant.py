@@ -23,7 +23,7 @@ def test_on_grid_in_range_idempotent(bits, seed, s, zp, signed):
     x = _x(seed)
     scale, z = torch.tensor(s), torch.tensor(zp)
     y = fake_quant(x, scale, z, qmin, qmax)
-    k = y / scale + z.round()  # back to the integer grid (the zero point is rounded in the forward)
+    k = y / scale + z  # back to the integer grid (the real zero point shifts the grid, it is not rounded)
     assert torch.allclose(k, k.round(), atol=1e-3)
     assert k.min() >= qmin - 1e-3 and k.max() <= qmax + 1e-3
     assert torch.allclose(fake_quant(y, scale, z, qmin, qmax), y, atol=1e-5)
@@ -95,7 +95,7 @@ def test_gradients_ste_and_clipping():
 @given(seed=seed_st, bits=bits_st)
 def test_scale_and_offset_gradients_match_finite_differences_where_defined(seed, bits):
     # Where every element is clipped the output is smooth in s: autograd must equal finite differences.
-    # The offset is rounded (STE): its gradient is -s per clipped element, the LSQ+ rule.
+    # The real-valued zero point's gradient is -s per clipped element (0 in range), the LSQ+ rule.
     qmin, qmax = int_grid(bits, False)
     g = torch.Generator().manual_seed(seed)
     x = torch.cat([torch.rand(8, generator=g) + 50, -torch.rand(8, generator=g) - 50]).double()
@@ -180,3 +180,110 @@ def test_input_gradient_mask_matches_torch(bits, seed, signed):
     x2 = x.detach().clone().requires_grad_(True)
     torch.fake_quantize_per_tensor_affine(x2, 0.3, 0, qmin, qmax).sum().backward()
     assert torch.equal(x.grad, x2.grad)
+
+
+def _lsq_plus(x, s, beta, qmin, qmax):
+    """LSQ+ written out with autograd ops: s * clamp(round_ste((x - beta) / s)) + beta."""
+    from quantsearch.quant.fakequant import round_ste
+
+    u = round_ste((x - beta) / s)
+    inside = (u.detach() >= qmin) & (u.detach() <= qmax)
+    q = torch.where(inside, u, torch.clamp(u.detach(), qmin, qmax))
+    return q * s + beta
+
+
+@settings(max_examples=30, deadline=None)
+@given(bits=bits_st, seed=seed_st, shift=st.floats(-4, 4))
+def test_quantizer_offset_is_lsq_plus(bits, seed, shift):
+    # The quantizer's offset beta (tensor units) gets LSQ+'s gradients, scale too (LSQ factor aside)
+    q = ElasticQuantizer("activation")
+    form = QuantForm(bits, "per_tensor", False)
+    x = (_x(seed, (8, 4, 3, 3), 1.0) + shift).double()
+    q = q.double()
+    q.calibrate(x.float().double(), forms=[form])
+    q.set_form(form)
+    with torch.no_grad():
+        q.offset_pt_asym[:, bits - 2] += 0.37  # off the calibrated value, any real number
+    gout = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    q(x).backward(gout)
+    qmin, qmax = grid_for(form, q.nonneg)
+    s = q.scale_pt_asym.detach()[0, bits - 2].clone().requires_grad_(True)
+    b = q.offset_pt_asym.detach()[0, bits - 2].clone().requires_grad_(True)
+    ref = _lsq_plus(x, s, b, qmin, qmax)
+    assert torch.allclose(q(x), ref.detach(), atol=1e-9)
+    ref.backward(gout)
+    factor = lsq_grad_factor(x[0].numel(), qmax)
+    assert q.offset_pt_asym.grad[0, bits - 2].item() == pytest.approx(b.grad.item() * factor, rel=1e-6, abs=1e-9)
+    assert q.scale_pt_asym.grad[0, bits - 2].item() == pytest.approx(s.grad.item() * factor, rel=1e-6, abs=1e-9)
+
+
+def test_offset_converges_on_a_shifted_distribution():
+    # LSQ+ offsets learn: a 4-bit affine quantizer calibrated on N(0, 1) is fed N(3, 1) data; training scale and
+    # offset on the reconstruction error moves the zero point by many grid steps and recovers the error that a
+    # quantizer calibrated on the shifted data has.
+    g = torch.Generator().manual_seed(0)
+    form = QuantForm(4, "per_tensor", False)
+    q = ElasticQuantizer("activation")
+    q.calibrate(torch.randn(4096, generator=g) - 0.01, forms=[form])  # signed grid, fitted to N(0, 1)
+    q.set_form(form)
+    _, z0 = q.qparams(form)
+    z0 = float(z0.detach())
+    data = torch.randn(20000, generator=g) + 3.0
+    opt = torch.optim.Adam(q.parameters(), lr=1e-2)
+    for step in range(600):
+        x = data[(step * 256) % 19744:][:256]
+        loss = ((q(x) - x) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    _, z1 = q.qparams(form)
+    ref = ElasticQuantizer("activation")
+    ref.nonneg = q.nonneg
+    ref.calibrate(data, forms=[form])
+    ref.nonneg = q.nonneg
+    ref.set_form(form)
+    with torch.no_grad():
+        err_learned = float(((q(data) - data) ** 2).mean())
+        err_ref = float(((ref(data) - data) ** 2).mean())
+    z1 = z1.detach()
+    assert abs(float(z1) - z0) > 3  # moved by more than 3 grid steps (the old grid-unit offsets moved < 1)
+    assert float(z1) < z0  # the grid moved up to the data: z = -beta/s falls
+    assert err_learned < 1.5 * err_ref
+
+
+def test_old_state_dicts_with_grid_zero_points_load():
+    q = ElasticQuantizer("activation")
+    q.calibrate(torch.rand(1000) * 2 + 0.5)
+    form = QuantForm(4, "per_tensor", False)
+    s, z = q.qparams(form)
+    sd = q.state_dict()
+    old = {k: v for k, v in sd.items() if not k.startswith("offset_") and k != "_extra_state"}
+    old["zp_pt_asym"] = torch.zeros(1, 7)
+    old["zp_pt_asym"][0, 2] = z.reshape(())
+    old["nonneg"] = torch.tensor(True)
+    r = ElasticQuantizer("activation")
+    r.load_state_dict(old)
+    s2, z2 = r.qparams(form)
+    assert r.nonneg is True
+    assert torch.allclose(s2, s) and torch.allclose(z2, z, atol=1e-5)
+
+
+def test_nonneg_is_a_python_flag_kept_in_the_state_dict():
+    q = ElasticQuantizer("activation")
+    q.calibrate(torch.rand(100))
+    assert q.nonneg is True
+    r = ElasticQuantizer("activation")
+    r.load_state_dict(q.state_dict())
+    assert r.nonneg is True
+
+
+def test_round_offsets_snaps_to_the_integer_grid():
+    q = ElasticQuantizer("weight", 3)
+    w = torch.randn(3, 2, 3, 3) + 0.4
+    form = QuantForm(4, "per_channel", False)
+    q.calibrate(w, forms=[form])
+    _, z = q.qparams(form)
+    assert not torch.allclose(z, z.round())
+    q.round_offsets(form)
+    _, z2 = q.qparams(form)
+    assert torch.allclose(z2, z.round(), atol=1e-5)

@@ -156,7 +156,7 @@ def attach_mixers(model: nn.Module, cands: dict[str, dict[str, list[torch.Tensor
         else:
             lead = name
             c = cands[name]
-            act = ActMix(cfg.activation, bool(layer.aq.nonneg), c["a_scale"], c["a_zp"], temperature)
+            act = ActMix(cfg.activation, layer.aq.nonneg, c["a_scale"], c["a_zp"], temperature)
         c = cands[name]
         layer.mixer = Mixer(act, WeightMix(cfg.weight, c["w_scale"], c["w_zp"], temperature), lead)
         mixers[name] = layer.mixer
@@ -278,7 +278,7 @@ def apply_strategy(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
     for name, layer in quant_layers(model).items():
         st = layers[name]
         cfg = layer.layer_config()
-        layer.aq.nonneg.fill_(bool(st["activation_unsigned"]))
+        layer.aq.nonneg = bool(st["activation_unsigned"])
         az = st["activation_zero_point"]
         layer.aq.set_qparams(cfg.activation, torch.tensor([st["activation_scale"]]),
                              None if az is None else torch.tensor([az]))

@@ -1,13 +1,14 @@
 """Fake quantization with a straight-through round and LSQ/LSQ+ gradients for scale and offset.
 
-    zq  = round(zp)                            (learnable, real-valued, any sign; STE through the round)
-    q   = clamp(round(x / s) + zq, qmin, qmax)
-    x_q = (q - zq) * s                         (offset z = -zq * s; symmetric forms: zp = 0)
+    q   = clamp(round(x / s + z), qmin, qmax)  (z: zero point in grid units, real-valued, any sign)
+    x_q = (q - z) * s                          (LSQ+ offset beta = -z * s; symmetric forms: z = 0)
 
-The zero point is an integer on the grid in the forward pass (what ONNX QDQ and every int8 runtime
-need) yet may lie outside [qmin, qmax], so a negatively centred tensor keeps its negative offset (the
-EQ-Net release's abs() forbade it). The forward equals torch.fake_quantize_per_{tensor,channel}_affine
-bit for bit; the backward reuses the clip mask saved by the forward.
+The zero point is learnable and real-valued (rounded to the integer grid only where a deployed runtime
+needs an integer: export, strategy files) and may lie outside [qmin, qmax], so a negatively centred tensor
+keeps its negative offset (the EQ-Net release's abs() forbade it). For an integer z the forward equals
+torch.fake_quantize_per_{tensor,channel}_affine bit for bit (round(x/s) + z, as torch computes it: the
+fractional part of z is added before the round, the integer part after); the backward reuses the clip mask
+saved by the forward.
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ def _forward_with_mask(x: torch.Tensor, scale: torch.Tensor, zq: torch.Tensor | 
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_q, in-range mask) in a few in-place passes (measured faster here than torch's fused CPU kernels)."""
     r = torch.mul(x, 1.0 / scale)  # x * (1/s), as torch's kernels compute it, so results match bit for bit
-    r.round_()
     if zq is not None:
-        r.add_(zq)
+        z_int = zq.floor()
+        r.add_(zq - z_int).round_().add_(z_int)
+    else:
+        r.round_()
     q = torch.clamp(r, qmin, qmax)
     mask = q == r
     if zq is not None:
@@ -55,7 +58,7 @@ def _reduce(t: torch.Tensor, other: torch.Tensor, shape: torch.Size) -> torch.Te
 
 
 class _FakeQuant(torch.autograd.Function):
-    """STE for x (zero where clipped), LSQ for the scale, LSQ+ for the (integer) zero point."""
+    """STE for x (zero where clipped), LSQ for the scale, LSQ+ for the (real) zero point."""
 
     @staticmethod
     def forward(ctx, x, scale, zq, qmin, qmax):  # noqa: ANN001, ANN205
@@ -84,9 +87,9 @@ class _FakeQuant(torch.autograd.Function):
 
 def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, qmin: int, qmax: int
                ) -> torch.Tensor:
-    """Fake-quantize `x`; `scale` (> 0) and `zero_point` (grid units, rounded in the forward) broadcast
-    against x, e.g. [C, 1, 1, 1] per channel."""
-    zq = None if zero_point is None else round_ste(zero_point).expand_as(scale)
+    """Fake-quantize `x`; `scale` (> 0) and `zero_point` (grid units, real-valued) broadcast against x, e.g.
+    [C, 1, 1, 1] per channel."""
+    zq = None if zero_point is None else zero_point.expand_as(scale)
     return _FakeQuant.apply(x, scale, zq, qmin, qmax)
 
 
@@ -97,8 +100,9 @@ def fake_quant_reference(x: torch.Tensor, scale: torch.Tensor, zero_point: torch
     The clip mask is inclusive on the rounded value, as in torch's fake_quantize backward (torch.clamp's own
     gradient is zero at the bounds, so it is not used for the mask).
     """
-    zq: torch.Tensor | float = 0.0 if zero_point is None else round_ste(zero_point)
-    r = round_ste(x * (1.0 / scale)) + zq
+    zq: torch.Tensor | float = 0.0 if zero_point is None else zero_point
+    z_int = zq.detach().floor() if isinstance(zq, torch.Tensor) else 0.0
+    r = round_ste(x * (1.0 / scale) + (zq - z_int)) + z_int
     inside = (r.detach() >= qmin) & (r.detach() <= qmax)
     q = torch.where(inside, r, torch.clamp(r.detach(), qmin, qmax))
     return (q - zq) * scale

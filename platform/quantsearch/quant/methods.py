@@ -50,8 +50,8 @@ def calibrate_active(model: nn.Module, inputs: Iterable[torch.Tensor],
         cfg = layer.layer_config()
         assert cfg is not None
         if name in samples:
-            layer.aq.nonneg.fill_(bool(samples[name].min() >= 0))
-        nonneg = bool(layer.aq.nonneg)
+            layer.aq.nonneg = bool(samples[name].min() >= 0)
+        nonneg = layer.aq.nonneg
         a_cal = get_calibrator(_EASYQUANT_INIT["activation"] if a_method == "easyquant" else a_method)
         w_cal = get_calibrator(_EASYQUANT_INIT["weight"] if w_method == "easyquant" else w_method)
         ws, wz = w_cal.scale_offset(layer.weight, cfg.weight, False)  # type: ignore[attr-defined]

@@ -1,4 +1,11 @@
-"""Elastic quantizer: one scale/offset table per form it may take, switched by setting the active form."""
+"""Elastic quantizer: one scale/offset table per form it may take, switched by setting the active form.
+
+Affine forms learn a real-valued offset beta in the tensor's units (LSQ+): x_q = s * clamp(round((x - beta)/s)) +
+beta, i.e. a zero point z = -beta/s in grid units that is NOT rounded in training. Offsets in float units move
+at the same pace as the data whatever the bit-width; stored in grid units and rounded in the forward they moved
+~1e-3 units per Adam step and no rounded zero point changed in an epoch. Deployment rounds z once
+(`round_offsets`, export, strategy files).
+"""
 
 from __future__ import annotations
 
@@ -19,8 +26,10 @@ def _key(per_channel: bool, symmetric: bool) -> str:
 class ElasticQuantizer(nn.Module):
     """Fake-quantizes a weight (kind='weight', per-channel or per-tensor) or an input activation (per-tensor).
 
-    Tables `scale_<g>_<s>` ([rows, 7], one column per bit-width 2..8) and `zp_<g>_asym` exist for every
-    form from construction on, so optimizers and load_state_dict see them before any forward.
+    Tables `scale_<g>_<s>` ([rows, 7], one column per bit-width 2..8) and `offset_<g>_asym` (beta, in the
+    tensor's units) exist for every form from construction on, so optimizers and load_state_dict see them before
+    any forward. `nonneg` (unsigned grid) is a Python flag decided at calibration and kept in the state dict's
+    extra state, so the forward never reads a tensor on the host.
     """
 
     def __init__(self, kind: str, channels: int = 1) -> None:
@@ -35,11 +44,27 @@ class ElasticQuantizer(nn.Module):
             for sym in (True, False):
                 self.register_parameter(f"scale_{_key(pc, sym)}", nn.Parameter(torch.ones(rows, _NB)))
                 if not sym:
-                    self.register_parameter(f"zp_{_key(pc, sym)}", nn.Parameter(torch.zeros(rows, _NB)))
-        # Whether the input is non-negative (unsigned grid); decided once at calibration.
-        self.register_buffer("nonneg", torch.tensor(False))
+                    self.register_parameter(f"offset_{_key(pc, sym)}", nn.Parameter(torch.zeros(rows, _NB)))
         self.register_buffer("calibrated", torch.tensor(False))
+        self.nonneg = False  # whether the input is non-negative (unsigned grid); decided once at calibration
         self.form: QuantForm | None = None
+
+    def get_extra_state(self) -> dict[str, bool]:
+        """The Python flags a state dict must carry."""
+        return {"nonneg": self.nonneg}
+
+    def set_extra_state(self, state: dict[str, bool]) -> None:
+        """Inverse of get_extra_state."""
+        self.nonneg = bool(state["nonneg"])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN202
+        # state dicts written before offsets were learnable: zero points in grid units, nonneg as a buffer
+        if prefix + "nonneg" in state_dict and prefix + "_extra_state" not in state_dict:
+            state_dict[prefix + "_extra_state"] = {"nonneg": bool(state_dict.pop(prefix + "nonneg"))}
+        for key in [k for k in state_dict if k.startswith(prefix + "zp_")]:
+            gran = key[len(prefix) + 3:]
+            state_dict[prefix + f"offset_{gran}"] = -state_dict.pop(key) * state_dict[prefix + f"scale_{gran}"].abs()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_form(self, form: QuantForm | None) -> None:
         """Select the active form; None leaves the tensor in float."""
@@ -47,22 +72,36 @@ class ElasticQuantizer(nn.Module):
             raise ValueError("activation quantizers are per-tensor")
         self.form = form
 
-    def qparams(self, form: QuantForm) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(scale, zp or None) columns of the table for `form`, shape [rows]."""
+    def raw_qparams(self, form: QuantForm) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(scale as stored, may be negative; offset beta or None) columns for `form`, shape [rows]."""
         key = _key(form.per_channel, form.symmetric)
         col = form.bits - MIN_BITS
         scale = getattr(self, f"scale_{key}")[:, col]
-        zp = None if form.symmetric else getattr(self, f"zp_{key}")[:, col]
-        return scale, zp
+        return scale, None if form.symmetric else getattr(self, f"offset_{key}")[:, col]
+
+    def qparams(self, form: QuantForm) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(scale > 0, zero point in grid units z = -beta/s, real-valued, or None) for `form`, shape [rows]."""
+        scale, beta = self.raw_qparams(form)
+        scale = scale.abs()
+        return scale, None if beta is None else -beta / scale
 
     @torch.no_grad()
     def set_qparams(self, form: QuantForm, scale: torch.Tensor, zp: torch.Tensor | None) -> None:
-        """Write one form's scale (and offset) into its table column."""
+        """Write one form's scale (and zero point, grid units) into its table column."""
         key = _key(form.per_channel, form.symmetric)
         col = form.bits - MIN_BITS
-        getattr(self, f"scale_{key}")[:, col] = scale.reshape(-1).to(self.scale_pt_sym)
+        table = getattr(self, f"scale_{key}")
+        s = scale.reshape(-1).to(table).abs()
+        table[:, col] = s
         if not form.symmetric and zp is not None:
-            getattr(self, f"zp_{key}")[:, col] = zp.reshape(-1).to(self.scale_pt_sym)
+            getattr(self, f"offset_{key}")[:, col] = -zp.reshape(-1).to(table) * s
+
+    @torch.no_grad()
+    def round_offsets(self, form: QuantForm) -> None:
+        """Snap `form`'s zero points to the integer grid (what a deployed integer runtime holds)."""
+        scale, zp = self.qparams(form)
+        if zp is not None:
+            self.set_qparams(form, scale, zp.round())
 
     def all_forms(self) -> list[QuantForm]:
         """Every form this quantizer holds a table column for."""
@@ -75,10 +114,9 @@ class ElasticQuantizer(nn.Module):
         """Initialise every form's table column from `x` (weights, or a sample of observed inputs)."""
         calibrator = calibrator or MSECalibrator()
         if self.kind == "activation":
-            self.nonneg.fill_(bool(x.min() >= 0))
-        nonneg = bool(self.nonneg)
+            self.nonneg = bool(x.min() >= 0)
         for form in forms or self.all_forms():
-            scale, zp = calibrator.scale_offset(x, form, nonneg)
+            scale, zp = calibrator.scale_offset(x, form, self.nonneg)
             self.set_qparams(form, scale, zp)
         self.calibrated.fill_(True)
 
@@ -87,16 +125,16 @@ class ElasticQuantizer(nn.Module):
         form = self.form
         if form is None:
             return x
-        qmin, qmax = grid_for(form, bool(self.nonneg))
-        scale, zp = self.qparams(form)
+        qmin, qmax = grid_for(form, self.nonneg)
+        scale, beta = self.raw_qparams(form)
         if self.kind == "weight":
             n = x[0].numel() if form.per_channel else x.numel()
         else:
             n = x[0].numel() if x.dim() > 1 else x.numel()
         g = lsq_grad_factor(n, qmax)
         scale = grad_scale(scale.abs(), g)
-        if zp is not None:
-            zp = grad_scale(zp, g)
+        # z = -beta/s: autograd through this quotient gives LSQ+'s gradients for s and beta
+        zp = None if beta is None else -grad_scale(beta, g) / scale
         shape = (-1,) + (1,) * (x.dim() - 1) if (self.kind == "weight" and form.per_channel) else (1,) * x.dim()
         if scale.numel() == 1:
             shape = ()
