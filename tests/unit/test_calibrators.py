@@ -13,7 +13,7 @@ SYM4 = QuantForm(4, "per_tensor", True)
 
 
 def _reference_kl(hist, levels):
-    """A straightforward loop over cuts with the same choices as quant/kl.py."""
+    """A straightforward loop over cuts with the same choices as quant/kl.py (p log(p/0) = inf)."""
     h = hist.double().tolist()
     n, out = len(h), []
     for i in range(levels, n + 1):
@@ -34,7 +34,7 @@ def _reference_kl(hist, levels):
             a /= sp
             b = b / sq if sq > 0 else 0.0
             if a > 0:
-                kl += a * math.log(a / (b if b > 0 else 1e-10))
+                kl += a * math.log(a / b) if b > 0 else math.inf
         out.append(kl)
     return torch.tensor(out, dtype=torch.float64)
 
@@ -52,6 +52,70 @@ def test_kl_vectorised_matches_reference_loop(dist):
     ref = _reference_kl(hist, 16)
     assert cuts.tolist() == list(range(16, 257))
     assert torch.allclose(kl, ref, rtol=1e-6, atol=1e-9)
+
+
+def _nvidia_amax_entropy(calib_hist, calib_bin_edges, num_bits, unsigned, stride=1, start_bin=128):
+    """NVIDIA's `_compute_amax_entropy` (TensorRT tools/pytorch-quantization, calib/histogram.py), ported as
+    published: bins[0] = bins[1], cuts from start_bin=128 whatever the bit-width, digitize-based merging, scipy's
+    entropy (normalises P and Q), the LAST argmin, amax = the cut's bin edge."""
+    from collections import Counter
+
+    import numpy as np
+    from scipy.stats import entropy
+
+    bins = np.array(calib_hist, dtype=np.float64)
+    bins[0] = bins[1]
+    divergences, arguments = [], []
+    nbins = 1 << (num_bits - 1 + int(unsigned))
+    new_density_counts = np.zeros(nbins, dtype=np.float64)
+    for i in range(start_bin, len(bins) + 1, stride):
+        new_density_counts.fill(0)
+        space = np.linspace(0, i, num=nbins + 1)
+        digitized_space = np.digitize(range(i), space) - 1
+        digitized_space[bins[:i] == 0] = -1
+        for idx, digitized in enumerate(digitized_space):
+            if digitized != -1:
+                new_density_counts[digitized] += bins[idx]
+        counter = Counter(digitized_space)
+        for key, val in counter.items():
+            if key != -1:
+                new_density_counts[key] = new_density_counts[key] / val
+        new_density = np.zeros(i, dtype=np.float64)
+        for idx, digitized in enumerate(digitized_space):
+            if digitized != -1:
+                new_density[idx] = new_density_counts[digitized]
+        reference_density = np.array(bins[: len(digitized_space)])
+        reference_density[-1] += np.sum(bins[i:])
+        divergences.append(entropy(reference_density, new_density))
+        arguments.append(i)
+    divergences = np.array(divergences)
+    last_argmin = len(divergences) - 1 - np.argmin(divergences[::-1])
+    return float(calib_bin_edges[last_argmin * stride + start_bin]), divergences
+
+
+@pytest.mark.parametrize("dist", ["gauss", "relu", "laplace_outliers", "spiky"])
+@pytest.mark.parametrize(("bits", "unsigned"), [(8, False), (4, False), (4, True), (2, False)])
+def test_kl_threshold_equals_nvidias_entropy_calibration(dist, bits, unsigned):
+    import numpy as np
+
+    g = torch.Generator().manual_seed(3)
+    x = {"gauss": torch.randn(20000, generator=g),
+         "relu": torch.relu(torch.randn(20000, generator=g)),  # half exact zeros: the bins[0] = bins[1] rule
+         "laplace_outliers": torch.cat([torch.distributions.Laplace(0, 1).sample((20000,)), torch.tensor([40.0])]),
+         # a dozen narrow spikes on a smooth bulk (a constant background's responses)
+         "spiky": torch.cat([torch.rand(20000, generator=g) * 3, torch.linspace(0.2, 2.6, 12).repeat(400)])}[dist]
+    hist, amax = abs_histogram(x)
+    edges = np.linspace(0.0, amax, len(hist) + 1)
+    ref_t, ref_div = _nvidia_amax_entropy(hist.numpy(), edges, bits, unsigned)
+    levels = 2 ** (bits - 1 + int(unsigned))
+    ours = kl_threshold(hist, amax, levels)
+    assert ours == pytest.approx(ref_t, rel=1e-9, abs=1e-12)
+    h = hist.clone()
+    h[0] = h[1]
+    _, div = kl_divergences(h, levels, 128)
+    finite = np.isfinite(ref_div)
+    assert (np.isfinite(div.numpy()) == finite).all()
+    assert np.allclose(div.numpy()[finite], ref_div[finite], rtol=1e-6, atol=1e-9)
 
 
 def test_kl_clips_outliers_and_stays_in_range():
@@ -168,3 +232,31 @@ def test_torchao_observers_match_torch_and_histogram_never_wider():
     s_h, z_h = get_calibrator("torchao-histogram").scale_offset(x, form)
     # the histogram observer searches sub-ranges of [min, max]: never a wider range, a valid grid zero point
     assert 0 < float(s_h) <= float(s) * 1.0001 and 0 <= float(z_h) <= 15
+
+
+def test_calibration_sample_spans_every_column():
+    # feature maps whose first column is a constant background: a stride that is a multiple of the width sampled
+    # only that column (a histogram of spikes that drove KL to collapse); the random sample follows the data
+    from quantsearch.quant.convert import collect_inputs
+
+    net = convert(nn.Sequential(nn.Conv2d(4, 4, 1), nn.Conv2d(4, 2, 1)), QuantPolicy(), None)
+    x = torch.rand(64, 4, 24, 24) + 1.0
+    x[..., 0] = -5.0  # column 0
+    samples, _ = collect_inputs(net, [x], per_batch=1 << 12)
+    s = samples["0"]
+    assert s.numel() == (1 << 12) + 2  # the sample + the exact min and max
+    assert 0.01 < float((s == -5.0).float().mean()) < 0.1  # ~1/24 of the values, not all of them
+
+
+def test_admm_uses_weight_settings_for_per_tensor_weights():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 8, 3, 3, generator=g)
+    form = QuantForm(4, "per_tensor", True)
+    admm = get_calibrator("admm")
+    s_w, _ = admm.scale_offset(w, form, kind="weight")
+    s_a, _ = admm.scale_offset(w, form, kind="activation")
+    s_default, _ = admm.scale_offset(w, form)  # per-tensor without a kind: the activation constants
+    assert torch.equal(s_default, s_a)
+    from quantsearch.quant.calibrators import ADMMCalibrator
+
+    assert torch.equal(s_w, ADMMCalibrator(c=1.25, iters=1000).scale_offset(w, form, kind="activation")[0])

@@ -1,7 +1,8 @@
 """Calibrators: turn observed values into a scale (and offset) for a form.
 
-Every calibrator answers `scale_offset(x, form, nonneg)`: x is the tensor to quantize (weights: [C_out, ...];
-activations: a flat sample of observed values). It returns scale [C] or [1] and zero point (grid units,
+Every calibrator answers `scale_offset(x, form, nonneg, kind)`: x is the tensor to quantize (weights: [C_out, ...];
+activations: a flat sample of observed values); kind is "weight" or "activation" (None: weight when per-channel).
+Constants are created on x's device. It returns scale [C] or [1] and zero point (grid units,
 real) of the same shape, or None for symmetric forms. DQSS registers KL, EasyQuant and ADMM here too.
 """
 
@@ -34,13 +35,22 @@ def range_to_qparams(lo: torch.Tensor, hi: torch.Tensor, form: QuantForm, nonneg
     return scale, qmin - lo / scale
 
 
+def tensor_kind(form: QuantForm, kind: str | None) -> str:
+    """'weight' or 'activation'; None means weight for per-channel forms (activations are per-tensor)."""
+    if kind is None:
+        return "weight" if form.per_channel else "activation"
+    if kind not in ("weight", "activation"):
+        raise ValueError(f"kind must be 'weight' or 'activation', got {kind!r}")
+    return kind
+
+
 class Calibrator(ABC):
     """Computes quantization parameters for a tensor in a given form."""
 
     name: str = "base"
 
     @abstractmethod
-    def scale_offset(self, x: torch.Tensor, form: QuantForm, nonneg: bool = False
+    def scale_offset(self, x: torch.Tensor, form: QuantForm, nonneg: bool = False, kind: str | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return (scale, zero_point or None), each of shape [C] (per-channel) or [1]."""
 
@@ -50,7 +60,7 @@ class MaxAbsCalibrator(Calibrator):
 
     name = "maxabs"
 
-    def scale_offset(self, x: torch.Tensor, form: QuantForm, nonneg: bool = False
+    def scale_offset(self, x: torch.Tensor, form: QuantForm, nonneg: bool = False, kind: str | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """MaxAbs scale (and affine offset)."""
         rows = _rows(x, form.per_channel)
@@ -65,7 +75,7 @@ class MSECalibrator(Calibrator):
     def __init__(self, steps: int = 80, p: float = 2.0, max_elements: int = 1 << 16) -> None:
         self.steps, self.p, self.max_elements = steps, p, max_elements
 
-    def scale_offset(self, x: torch.Tensor, form: QuantForm, nonneg: bool = False
+    def scale_offset(self, x: torch.Tensor, form: QuantForm, nonneg: bool = False, kind: str | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Best clip range by grid search, vectorised over channels."""
         rows = _rows(x, form.per_channel)
@@ -74,7 +84,7 @@ class MSECalibrator(Calibrator):
         if rows.shape[1] > per_row:  # the error is estimated on a deterministic strided sample
             rows = rows[:, :: -(-rows.shape[1] // per_row)]
         qmin, qmax = grid_for(form, nonneg)
-        alphas = 1.0 - 0.01 * torch.arange(self.steps, dtype=rows.dtype)  # [K]; all candidates at once
+        alphas = 1.0 - 0.01 * torch.arange(self.steps, dtype=rows.dtype, device=rows.device)  # [K]: all at once
         s, z = range_to_qparams(lo[None] * alphas[:, None], hi[None] * alphas[:, None], form, nonneg)  # [K, R]
         xq = fake_quant(rows[None], s[..., None], None if z is None else z[..., None], qmin, qmax)  # [K, R, N]
         err = (rows[None] - xq).abs().pow(self.p).mean(2)  # [K, R]
@@ -104,7 +114,7 @@ class KLCalibrator(Calibrator):
 
     name = "kl"
 
-    def scale_offset(self, x: torch.Tensor, form: QuantForm, nonneg: bool = False
+    def scale_offset(self, x: torch.Tensor, form: QuantForm, nonneg: bool = False, kind: str | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """KL-optimal clip per row."""
         import math
@@ -118,7 +128,7 @@ class KLCalibrator(Calibrator):
         bins = min(2048, max(4 * levels, 2 ** math.ceil(math.log2(max(rows.shape[1], 2)))))
         if form.symmetric:
             ts = [kl_threshold(*abs_histogram(r, bins=bins), levels) for r in rows]
-            return _threshold_to_qparams(rows, torch.tensor(ts, dtype=rows.dtype), form, nonneg)
+            return _threshold_to_qparams(rows, torch.tensor(ts, dtype=rows.dtype, device=rows.device), form, nonneg)
         lo_raw, hi_raw = rows.amin(1).clamp_max(0), rows.amax(1).clamp_min(0)
         los, his = [], []
         for r, lo, hi in zip(rows, lo_raw.tolist(), hi_raw.tolist(), strict=True):
@@ -132,8 +142,8 @@ class KLCalibrator(Calibrator):
                 sides.append(min(kl_threshold(*abs_histogram(side, bins=bins), side_levels), extreme))
             his.append(sides[0])
             los.append(-sides[1])
-        return range_to_qparams(torch.tensor(los, dtype=rows.dtype), torch.tensor(his, dtype=rows.dtype), form,
-                                nonneg)
+        return range_to_qparams(torch.tensor(los, dtype=rows.dtype, device=rows.device),
+                                torch.tensor(his, dtype=rows.dtype, device=rows.device), form, nonneg)
 
 
 class ADMMCalibrator(Calibrator):
@@ -146,11 +156,11 @@ class ADMMCalibrator(Calibrator):
                  max_elements: int = 1 << 18) -> None:
         self.c, self.iters, self.tol, self.max_elements = c, iters, tol, max_elements
 
-    def scale_offset(self, x: torch.Tensor, form: QuantForm, nonneg: bool = False
+    def scale_offset(self, x: torch.Tensor, form: QuantForm, nonneg: bool = False, kind: str | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Alternating projection per row (vectorised over rows); affine forms clip [min, max] to [-T, T]."""
         rows = _rows(x, form.per_channel)
-        weight_like = form.per_channel
+        weight_like = tensor_kind(form, kind) == "weight"  # per-tensor weights too (not the activation constants)
         c = self.c if self.c is not None else (1.25 if weight_like else 2.5)
         iters = self.iters if self.iters is not None else (1000 if weight_like else 300)
         per_row = max(self.max_elements // rows.shape[0], 64)

@@ -92,8 +92,9 @@ def disable_quant(model: nn.Module) -> None:
 def collect_inputs(model: nn.Module, inputs: Iterable[torch.Tensor], max_samples: int = 1 << 18,
                    per_batch: int = 1 << 16, keep_images: int = 0
                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Run the model in float (eval mode) and return, per quantized layer, a bounded strided sample of its
-    input values (flat) and the first `keep_images` inputs whole (for layer-wise searches like EasyQuant).
+    """Run the model in float (eval mode) and return, per quantized layer, a bounded random sample of its
+    input values (flat; a seeded random subset of at most `per_batch` values per batch) and the first
+    `keep_images` inputs whole (for layer-wise searches like EasyQuant).
 
     The sample ends with the exact min and max over EVERY batch, so range-based methods (MaxAbs, the KL
     histogram's range) see the true running extremes, not the sample's."""
@@ -104,19 +105,23 @@ def collect_inputs(model: nn.Module, inputs: Iterable[torch.Tensor], max_samples
     whole: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     counts = dict.fromkeys(layers, 0)
     kept = dict.fromkeys(layers, 0)
-    extremes: dict[str, tuple[float, float]] = {}
+    extremes: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    gen = torch.Generator().manual_seed(0)
 
     def hook(name: str):  # noqa: ANN202 - closure factory
         def fn(_m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
             x = inp[0].detach()
-            lo, hi = float(x.min()), float(x.max())
-            old = extremes.get(name, (lo, hi))
-            extremes[name] = (min(old[0], lo), max(old[1], hi))
+            lo, hi = x.min().reshape(1), x.max().reshape(1)  # kept on the device: no host sync per batch
+            old = extremes.get(name)
+            extremes[name] = (lo, hi) if old is None else (torch.minimum(old[0], lo), torch.maximum(old[1], hi))
             if counts[name] < max_samples:
                 flat = x.reshape(-1)
-                # strided, so the sample spans the whole batch rather than its first images
-                stride = max(1, flat.numel() // per_batch)
-                samples[name].append(flat[::stride][: max_samples - counts[name]].clone())
+                # a seeded random subset: a stride that is a multiple of the feature map's width would sample
+                # one image column only (its border: a constant background's responses, spikes that broke KL)
+                k = min(per_batch, flat.numel(), max_samples - counts[name])
+                idx = torch.randperm(flat.numel(), generator=gen)[:k] if k < flat.numel() else None
+                samples[name].append(flat.clone() if idx is None else flat[idx.to(flat.device)])
                 counts[name] += samples[name][-1].numel()
             if kept[name] < keep_images:
                 whole[name].append(x[: keep_images - kept[name]].clone())
@@ -135,7 +140,7 @@ def collect_inputs(model: nn.Module, inputs: Iterable[torch.Tensor], max_samples
         model.train(was)
         for name, cfg in saved.items():
             layers[name].set_layer_config(cfg)
-    flat = {n: torch.cat([*v, torch.tensor(extremes[n], dtype=v[0].dtype)]) for n, v in samples.items() if v}
+    flat = {n: torch.cat([*v, *extremes[n]]) for n, v in samples.items() if v}
     return flat, {n: torch.cat(v) for n, v in whole.items() if v}
 
 

@@ -54,10 +54,10 @@ def calibrate_active(model: nn.Module, inputs: Iterable[torch.Tensor],
         nonneg = layer.aq.nonneg
         a_cal = get_calibrator(_EASYQUANT_INIT["activation"] if a_method == "easyquant" else a_method)
         w_cal = get_calibrator(_EASYQUANT_INIT["weight"] if w_method == "easyquant" else w_method)
-        ws, wz = w_cal.scale_offset(layer.weight, cfg.weight, False)  # type: ignore[attr-defined]
+        ws, wz = w_cal.scale_offset(layer.weight, cfg.weight, False, kind="weight")  # type: ignore[attr-defined]
         layer.wq.set_qparams(cfg.weight, ws, wz)
         if name in samples:
-            as_, az = a_cal.scale_offset(samples[name], cfg.activation, nonneg)
+            as_, az = a_cal.scale_offset(samples[name], cfg.activation, nonneg, kind="activation")
             layer.aq.set_qparams(cfg.activation, as_, az)
         if "easyquant" in (a_method, w_method) and name in whole:
             w0, wz0 = layer.wq.qparams(cfg.weight)

@@ -116,7 +116,7 @@ class ElasticQuantizer(nn.Module):
         if self.kind == "activation":
             self.nonneg = bool(x.min() >= 0)
         for form in forms or self.all_forms():
-            scale, zp = calibrator.scale_offset(x, form, self.nonneg)
+            scale, zp = calibrator.scale_offset(x, form, self.nonneg, kind=self.kind)
             self.set_qparams(form, scale, zp)
         self.calibrated.fill_(True)
 

@@ -21,7 +21,7 @@ class TorchAOCalibrator(Calibrator):
 
     observer = "minmax"
 
-    def scale_offset(self, x: torch.Tensor, form: QuantForm, nonneg: bool = False
+    def scale_offset(self, x: torch.Tensor, form: QuantForm, nonneg: bool = False, kind: str | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Observe x once, return the observer's qparams mapped onto our grid."""
         with warnings.catch_warnings():
