@@ -260,3 +260,25 @@ def test_admm_uses_weight_settings_for_per_tensor_weights():
     from quantsearch.quant.calibrators import ADMMCalibrator
 
     assert torch.equal(s_w, ADMMCalibrator(c=1.25, iters=1000).scale_offset(w, form, kind="activation")[0])
+
+
+@pytest.mark.parametrize("method", ["kl", "easyquant"])
+def test_layers_reading_one_tensor_get_one_input_scale(method):
+    # a ResNet block's first conv and its 1x1 shortcut read one tensor: calibrated per alpha group, they share
+    # one input scale (per layer, EasyQuant gave them two)
+    from quantsearch.dqss.search import shared_input_groups
+    from quantsearch.models import create
+
+    torch.manual_seed(0)
+    x = torch.randn(32, 1, 16, 16)
+    q = convert(create("resnet8", 4, 1), QuantPolicy(), x[:2])
+    set_config(q, model_uniform(q, QuantForm(4, "per_channel", True), QuantForm(4, "per_tensor", False)))
+    groups = shared_input_groups(q, x[:2])
+    tied = [(n, lead) for n, lead in groups.items() if lead != n]
+    assert tied
+    layers = dict(q.named_modules())
+    form = QuantForm(4, "per_tensor", False)
+    calibrate_active(q, [x], (method, method), easyquant_steps=10, easyquant_rounds=1, groups=groups)
+    for n, lead in tied:
+        assert torch.equal(layers[n].aq.qparams(form)[0], layers[lead].aq.qparams(form)[0])
+        assert torch.allclose(layers[n].aq.qparams(form)[1], layers[lead].aq.qparams(form)[1])

@@ -53,6 +53,7 @@ def dqss_over_subsets(fp32_path: str | Path, data_spec: DataSpec, dqss: DQSSSpec
     from quantsearch.distributed.ray_env import init_ray
     from quantsearch.dqss.combine import agreement, combined_choice, heatmap
     from quantsearch.dqss.run import load_strategy
+    from quantsearch.dqss.search import shared_input_groups
     from quantsearch.quant.methods import calibrate_active
     from quantsearch.space import set_config
     from quantsearch.train.checkpoint import load_checkpoint
@@ -84,7 +85,10 @@ def dqss_over_subsets(fp32_path: str | Path, data_spec: DataSpec, dqss: DQSSSpec
     model = quantized_model(fp32, data.example(seed))
     set_config(model, resolve_config(qat, model))
     calib = calibration_subsets(data.train, k, qat.calib_images, seed)[0]
-    calibrate_active(model, [x for x, _ in batches(calib, 256, data.mean, data.std)], combined)
+    # one scale per shared input tensor: a block's conv and its shortcut read one tensor (the alpha group)
+    groups = shared_input_groups(model, data.example(seed)) if dqss.tie else None
+    calibrate_active(model, [x for x, _ in batches(calib, 256, data.mean, data.std)], combined,
+                     easyquant_steps=dqss.easyquant_steps, groups=groups)
     val = evaluate(model, data.val, data.mean, data.std).top1 if len(data.val) else float("nan")
     test = evaluate(model, data.test, data.mean, data.std).top1
     png = heatmap(strategies, out_dir / "strategy_heatmap.png")
@@ -95,5 +99,5 @@ def dqss_over_subsets(fp32_path: str | Path, data_spec: DataSpec, dqss: DQSSSpec
                    for t in trials],
         "agreement": agree, "combined": {n: {"activation": a, "weight": w} for n, (a, w) in combined.items()},
         "combined_val_acc": val, "combined_test_acc": test, "combined_rule": "argmax of mean p / mean q, scales "
-        "recalibrated on subset 0"})
+        "recalibrated on subset 0, once per shared input tensor"})
     return SubsetsResult(trials, agree, combined, val, test, png, summary)

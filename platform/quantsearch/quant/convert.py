@@ -107,7 +107,7 @@ def collect_inputs(model: nn.Module, inputs: Iterable[torch.Tensor], max_samples
     kept = dict.fromkeys(layers, 0)
     extremes: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    gen = torch.Generator().manual_seed(0)
+    batch_index = dict.fromkeys(layers, 0)
 
     def hook(name: str):  # noqa: ANN202 - closure factory
         def fn(_m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
@@ -120,9 +120,12 @@ def collect_inputs(model: nn.Module, inputs: Iterable[torch.Tensor], max_samples
                 # a seeded random subset: a stride that is a multiple of the feature map's width would sample
                 # one image column only (its border: a constant background's responses, spikes that broke KL)
                 k = min(per_batch, flat.numel(), max_samples - counts[name])
+                # seeded by the batch and the tensor's size: layers that read one tensor get the same sample
+                gen = torch.Generator().manual_seed(batch_index[name] * 1_000_003 + flat.numel())
                 idx = torch.randperm(flat.numel(), generator=gen)[:k] if k < flat.numel() else None
                 samples[name].append(flat.clone() if idx is None else flat[idx.to(flat.device)])
                 counts[name] += samples[name][-1].numel()
+            batch_index[name] += 1
             if kept[name] < keep_images:
                 whole[name].append(x[: keep_images - kept[name]].clone())
                 kept[name] += len(whole[name][-1])

@@ -28,10 +28,13 @@ def _check(method: str) -> None:
 @torch.no_grad()
 def calibrate_active(model: nn.Module, inputs: Iterable[torch.Tensor],
                      methods: Mapping[str, tuple[str, str]] | tuple[str, str], easyquant_images: int = 50,
-                     easyquant_rounds: int = 2, easyquant_steps: int = 100) -> dict[str, dict[str, float]]:
+                     easyquant_rounds: int = 2, easyquant_steps: int = 100,
+                     groups: Mapping[str, str] | None = None) -> dict[str, dict[str, float]]:
     """Set each layer's active weight/input scales with (activation method, weight method).
 
     `methods` is one pair for every layer or a per-layer mapping. Every layer needs an active config.
+    `groups` maps a layer to the first layer reading the same input tensor (dqss.shared_input_groups): such a
+    layer takes its leader's input scale when both quantize the tensor alike, so one tensor gets one scale.
     Returns per-layer EasyQuant cosines (before/after) where EasyQuant ran.
     """
     layers = quant_layers(model)
@@ -45,7 +48,10 @@ def calibrate_active(model: nn.Module, inputs: Iterable[torch.Tensor],
     needs_eq = any("easyquant" in pair for pair in per_layer.values())
     samples, whole = collect_inputs(model, inputs, keep_images=easyquant_images if needs_eq else 0)
     report: dict[str, dict[str, float]] = {}
-    for name, layer in layers.items():
+    lead_of = dict(groups or {})
+    order = [n for n in layers if lead_of.get(n, n) == n] + [n for n in layers if lead_of.get(n, n) != n]
+    for name in order:
+        layer = layers[name]
         a_method, w_method = per_layer[name]
         cfg = layer.layer_config()
         assert cfg is not None
@@ -59,6 +65,13 @@ def calibrate_active(model: nn.Module, inputs: Iterable[torch.Tensor],
         if name in samples:
             as_, az = a_cal.scale_offset(samples[name], cfg.activation, nonneg, kind="activation")
             layer.aq.set_qparams(cfg.activation, as_, az)
+        lead = lead_of.get(name, name)
+        shared = (lead != name and lead in layers and layers[lead].layer_config() is not None
+                  and layers[lead].layer_config().activation == cfg.activation and per_layer[lead][0] == a_method)
+        if shared:  # the leader came first (execution order): its input scale, already final, is this tensor's
+            layer.aq.nonneg = layers[lead].aq.nonneg
+            s_lead, z_lead = layers[lead].aq.qparams(cfg.activation)
+            layer.aq.set_qparams(cfg.activation, s_lead, z_lead)
         if "easyquant" in (a_method, w_method) and name in whole:
             w0, wz0 = layer.wq.qparams(cfg.weight)
             a0, az0 = layer.aq.qparams(cfg.activation)
@@ -67,7 +80,7 @@ def calibrate_active(model: nn.Module, inputs: Iterable[torch.Tensor],
                                   steps=easyquant_steps, rounds=easyquant_rounds)
             if w_method == "easyquant":
                 layer.wq.set_qparams(cfg.weight, res.w_scale, wz0)
-            if a_method == "easyquant":
+            if a_method == "easyquant" and not shared:
                 layer.aq.set_qparams(cfg.activation, res.a_scale, az0)
             report[name] = {"cos_before": res.cos_before, "cos_after": res.cos_after}
         layer.wq.calibrated.fill_(True)
