@@ -30,3 +30,12 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
         raise ConfigError(f"device '{name}' was asked for but torch sees no CUDA GPU here; use --device cpu "
                           "(or auto)")
     return torch.device(name)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's parameters (or buffers) live; cpu for a model with neither."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")

@@ -136,7 +136,9 @@ def _supernet_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out:
 
             res = train_supernet_ray(spec, fp32_checkpoint_path(spec), sn_dir, workers, use_gpu, run_id,
                                      tracker.uri, address)
-            model = load_model(load_checkpoint(res.checkpoint, kind="supernet"))
+            from quantsearch.device import resolve_device
+
+            model = load_model(load_checkpoint(res.checkpoint, kind="supernet")).to(resolve_device(spec.device))
         else:
             model = train_supernet_local(spec, data, sn_dir, progress,
                                          on_epoch=lambda m: tracker.log_metrics(m, step=int(m["epoch"]))).model
@@ -160,7 +162,10 @@ def run_job(spec: JobSpec, progress: bool = True, console: Console | None = None
     stages = stages or configured_stages(spec)
     sn = spec.supernet or SupernetSpec()
     workers = sn.workers if workers is None else workers
-    use_gpu = sn.use_gpu if use_gpu is None else use_gpu
+    if use_gpu is None:  # a CUDA job puts its Ray Train workers on GPUs unless the spec says otherwise
+        from quantsearch.device import resolve_device
+
+        use_gpu = sn.use_gpu or (workers > 0 and resolve_device(spec.device).type == "cuda")
     out = Path(spec.output_dir)
     data = preflight(spec, stages)  # every input checked before the tracker creates the output folder
     tracker = JobTracker(spec)

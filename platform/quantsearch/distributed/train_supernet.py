@@ -63,6 +63,7 @@ def _maybe_inject_fault(spec: str | None, rank: int, epoch: int) -> None:
 
 def _worker_loop(config: dict[str, Any]) -> None:
     import ray.train
+    import ray.train.torch
     import torch
 
     from quantsearch.data import prepare_data
@@ -77,7 +78,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     data = supernet_data(spec, prepare_data(spec.data))
     fp32 = load_checkpoint(config["fp32_path"], kind="fp32")
-    run = build_run(spec, data, fp32, world)
+    # Ray assigns each worker its device (cuda:<local rank> with use_gpu, else cpu): gradients all-reduce there
+    run = build_run(spec, data, fp32, world, device=ray.train.torch.get_device())
     restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
@@ -90,7 +92,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
     shape = list(data.train.images.shape[1:])
 
     def save(r: Any, metrics: dict[str, float]) -> None:
-        metrics = {**metrics, "resumed_from_epoch": float(r.resumed_from or 0), "world_size": float(world)}
+        metrics = {**metrics, "resumed_from_epoch": float(r.resumed_from or 0), "world_size": float(world),
+                   "on_cuda": float(next(r.model.parameters()).is_cuda)}
         if logger is not None:
             logger(metrics, step=int(metrics["epoch"]))
         if rank == 0:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from quantsearch.config import DataSpec, DQSSSpec
 from quantsearch.errors import QuantsearchError
 
@@ -38,18 +40,22 @@ def _trial(config: dict[str, Any]) -> None:
     spec = DQSSSpec.model_validate(config["dqss"])
     res = run_dqss_ptq(config["fp32"], data, spec.qat_spec(), out, iters=spec.iters, lr=spec.arch_lr(),
                        batch_size=spec.batch_size, temperature=spec.temperature, seed=config["seed"] + idx,
-                       calib=subset, easyquant_steps=spec.easyquant_steps, tie=spec.tie, scale_lr=spec.scales_lr())
+                       calib=subset, easyquant_steps=spec.easyquant_steps, tie=spec.tie, scale_lr=spec.scales_lr(),
+                       device=config.get("device", "cpu"))
     ray.tune.report({"val_acc": res.val_acc, "test_acc": res.test_acc, "index": idx,
                      "strategy": str(res.strategy_path), "search_seconds": res.search_seconds})
 
 
 def dqss_over_subsets(fp32_path: str | Path, data_spec: DataSpec, dqss: DQSSSpec, out_dir: str | Path, seed: int = 0,
-                      address: str | None = None, concurrent: int | None = None) -> SubsetsResult:
-    """Run K = dqss.subsets PTQ trials in parallel (one CPU each), then vote and measure the combined strategy."""
+                      address: str | None = None, concurrent: int | None = None,
+                      device: str | torch.device = "cpu") -> SubsetsResult:
+    """Run K = dqss.subsets PTQ trials in parallel (one CPU each; on CUDA the K trials share the GPUs), then vote
+    and measure the combined strategy."""
     from ray import tune
 
     from quantsearch._util import atomic_write_json
     from quantsearch.data import batches, calibration_subsets, prepare_data
+    from quantsearch.device import resolve_device
     from quantsearch.distributed.ray_env import init_ray
     from quantsearch.dqss.combine import agreement, combined_choice, heatmap
     from quantsearch.dqss.run import load_strategy
@@ -60,6 +66,7 @@ def dqss_over_subsets(fp32_path: str | Path, data_spec: DataSpec, dqss: DQSSSpec
     from quantsearch.train.loop import evaluate
     from quantsearch.train.qat import quantized_model, resolve_config
 
+    dev = resolve_device(device)
     k, qat = dqss.subsets, dqss.qat_spec()
     if k < 1:
         raise QuantsearchError("dqss.subsets must be >= 1 to search over calibration subsets")
@@ -69,8 +76,9 @@ def dqss_over_subsets(fp32_path: str | Path, data_spec: DataSpec, dqss: DQSSSpec
     init_ray(address)
     space = {"index": tune.grid_search(list(range(k))), "k": k, "n": qat.calib_images, "seed": seed,
              "data": data_spec.model_dump(), "fp32": str(Path(fp32_path).resolve()),
-             "out": str(out_dir), "dqss": dqss.model_dump()}
-    tuner = tune.Tuner(tune.with_resources(_trial, {"cpu": 1}), param_space=space,
+             "out": str(out_dir), "dqss": dqss.model_dump(), "device": "cuda" if dev.type == "cuda" else "cpu"}
+    resources = {"cpu": 1, "gpu": 1.0 / k} if dev.type == "cuda" else {"cpu": 1}
+    tuner = tune.Tuner(tune.with_resources(_trial, resources), param_space=space,
                        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent or k),
                        run_config=tune.RunConfig(name=f"dqss-subsets-{out_dir.name}",
                                                  storage_path=str(out_dir / "ray")))
@@ -82,7 +90,7 @@ def dqss_over_subsets(fp32_path: str | Path, data_spec: DataSpec, dqss: DQSSSpec
     agree = agreement(strategies)
     combined = combined_choice(strategies)
     fp32 = load_checkpoint(fp32_path, kind="fp32")
-    model = quantized_model(fp32, data.example(seed))
+    model = quantized_model(fp32, data.example(seed), dev)
     set_config(model, resolve_config(qat, model))
     calib = calibration_subsets(data.train, k, qat.calib_images, seed)[0]
     # one scale per shared input tensor: a block's conv and its shortcut read one tensor (the alpha group)

@@ -54,14 +54,16 @@ class _Mixture(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, p, scales, zps, qmin, qmax, shape):  # noqa: ANN001, ANN205
         out = torch.zeros_like(x)
-        offset = 0.0
+        offset = None
+        # the weights p_i stay on the device (addcmul with a 0-d tensor): no host sync in the forward
         for i, (s, z, q, _) in enumerate(_codes(x, scales, zps, qmin, qmax, shape, need_mask=False)):
             if s.dim() == 0:
-                out.add_(q, alpha=float(p[i] * s))
-                offset += 0.0 if z is None else float(p[i] * s * z)
+                out.addcmul_(q, p[i] * s)
+                if z is not None:
+                    offset = p[i] * s * z if offset is None else offset + p[i] * s * z
             else:
-                out.add_(_dequant_(q, s, z), alpha=float(p[i]))
-        if offset:
+                out.addcmul_(_dequant_(q, s, z), p[i])
+        if offset is not None:
             out.sub_(offset)
         ctx.save_for_backward(x, p, scales, zps if zps is not None else torch.empty(0))
         ctx.meta = (qmin, qmax, shape, zps is not None)
@@ -80,7 +82,7 @@ class _Mixture(torch.autograd.Function):
         g_sum = flat_g.sum() if has_zp else None
         for i, (s, z, q, mask) in enumerate(_codes(x, scales, zps if has_zp else None, qmin, qmax, shape)):
             if weight is not None:
-                weight.add_(mask, alpha=float(p[i]))
+                weight.addcmul_(mask, p[i])
             if s.dim() == 0 and grad_s is None:
                 dot = torch.dot(flat_g, q.reshape(-1))
                 grad_p[i] = s * (dot if z is None else dot - z * g_sum)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantsearch.data import ArrayData, batches
+from quantsearch.device import model_device
 from quantsearch.dqss.search import Mixer, mixer_params
 from quantsearch.train.optim import make_scheduler
 from quantsearch.train.qat import split_params
@@ -53,9 +54,11 @@ def _run(model: nn.Module, teacher: nn.Module, data: ArrayData, mean: float, std
     sched = make_scheduler(opt, "cosine", steps)
     model.train()
     teacher.eval()
+    device = model_device(model)
     losses: list[float] = []
     t0 = time.perf_counter()
     for step, (x, y) in zip(range(steps), _stream(data, batch_size, mean, std, gen), strict=False):
+        x, y = x.to(device), y.to(device)
         with torch.no_grad():
             t = teacher(x) if kd_weight > 0 else x.new_zeros(())
         loss = _distill_ce(model(x), t, y, kd_weight)

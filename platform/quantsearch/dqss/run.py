@@ -14,6 +14,7 @@ from torch import nn
 from quantsearch._util import atomic_write_json, seed_everything
 from quantsearch.config import DQSSSpec, QATSpec
 from quantsearch.data import ArrayData, PreparedData, batches, take
+from quantsearch.device import resolve_device
 from quantsearch.dqss.qat import finetune_fixed, search_qat, steps_for
 from quantsearch.dqss.search import (
     STRATEGIES,
@@ -77,12 +78,13 @@ class _Setup:
 
 
 def _setup(fp32_path: str | Path, data: PreparedData, qat: QATSpec, seed: int, calib: ArrayData | None,
-           easyquant_steps: int, temperature: float, tie: bool) -> _Setup:
+           easyquant_steps: int, temperature: float, tie: bool, device: str | torch.device = "cpu") -> _Setup:
     """FP32 teacher, converted model at the requested bits, every strategy's candidates, mixers attached."""
+    device = resolve_device(device)
     fp32 = load_checkpoint(fp32_path, kind="fp32")
-    teacher = build_model_from_checkpoint(fp32)
-    example = data.example(seed)
-    model = quantized_model(fp32, example)
+    teacher = build_model_from_checkpoint(fp32).to(device)
+    example = data.example(seed).to(device)
+    model = quantized_model(fp32, example, device)
     cfg = resolve_config(qat, model)
     set_config(model, cfg)
     calib = calib if calib is not None else take(data.train, qat.calib_images, seed + 1)
@@ -120,10 +122,10 @@ def _finish(st: _Setup, data: PreparedData, qat: QATSpec, out_dir: str | Path, f
 def run_dqss_ptq(fp32_path: str | Path, data: PreparedData, qat: QATSpec, out_dir: str | Path, iters: int = 300,
                  lr: float = 0.05, batch_size: int = 128, temperature: float = 1.0, seed: int = 0,
                  calib: ArrayData | None = None, easyquant_steps: int = 100, tie: bool = True,
-                 scale_lr: float = 0.0) -> DQSSResult:
+                 scale_lr: float = 0.0, device: str | torch.device = "cpu") -> DQSSResult:
     """PTQ DQSS: candidates from every strategy, alpha/beta (and with scale_lr > 0 the candidate scales) trained
     on calibration images against the FP32 logits, argmax -> strategy."""
-    st = _setup(fp32_path, data, qat, seed, calib, easyquant_steps, temperature, tie)
+    st = _setup(fp32_path, data, qat, seed, calib, easyquant_steps, temperature, tie, device)
     log = train_mixers_ptq(st.model, st.teacher, st.mixers, st.calib, data.mean, data.std, iters, lr, batch_size,
                            seed, scale_lr=scale_lr)
     layers = choose(st.mixers)
@@ -138,11 +140,12 @@ def run_dqss_ptq(fp32_path: str | Path, data: PreparedData, qat: QATSpec, out_di
 
 def run_dqss_qat(fp32_path: str | Path, data: PreparedData, qat: QATSpec, out_dir: str | Path,
                  schedule: QATSchedule | None = None, temperature: float = 1.0, seed: int = 0,
-                 easyquant_steps: int = 100, tie: bool = True, progress: bool = False) -> DQSSResult:
+                 easyquant_steps: int = 100, tie: bool = True, progress: bool = False,
+                 device: str | torch.device = "cpu") -> DQSSResult:
     """QAT DQSS: weights + candidate scales + alpha/beta in one pass, argmax, then LSQ fine-tuning of it."""
     sch = schedule or QATSchedule()
     gen = seed_everything(seed)
-    st = _setup(fp32_path, data, qat, seed, None, easyquant_steps, temperature, tie)
+    st = _setup(fp32_path, data, qat, seed, None, easyquant_steps, temperature, tie, device)
     n_search = steps_for(sch.search_epochs, len(data.train), sch.batch_size)
     with epoch_progress(f"dqss-qat search {qat.config}", n_search, progress) as tick:
         slog = search_qat(st.model, st.teacher, st.mixers, data.train, data.mean, data.std, n_search, sch.lr,
@@ -160,6 +163,10 @@ def run_dqss_qat(fp32_path: str | Path, data: PreparedData, qat: QATSpec, out_di
                                   sch.batch_size, gen, sch.kd_weight, on_step=tick)
         ft_losses, ft_seconds = flog.losses, flog.seconds
     st.model.eval()
+    for layer in quant_layers(st.model).values():  # the strategy deploys integer zero points: evaluate those
+        cfg = layer.layer_config()
+        layer.aq.round_offsets(cfg.activation)
+        layer.wq.round_offsets(cfg.weight)
     read_scales(st.model, layers)
     search = {"search_steps": n_search, "finetune_steps": n_ft, **asdict(sch), "temperature": temperature,
               "loss": "CE + kd_weight * KL(fp32 || quantized) logits", "calib_images": len(st.calib), "seed": seed,
@@ -170,16 +177,16 @@ def run_dqss_qat(fp32_path: str | Path, data: PreparedData, qat: QATSpec, out_di
 
 
 def run_dqss(spec: DQSSSpec, fp32_path: str | Path, data: PreparedData, out_dir: str | Path, seed: int = 0,
-             progress: bool = False) -> DQSSResult:
+             progress: bool = False, device: str | torch.device = "cpu") -> DQSSResult:
     """One DQSS search as a job spec's `dqss` section (or the CLI) describes it, PTQ or QAT."""
     if spec.mode == "qat":
         sch = QATSchedule(search_epochs=spec.search_epochs, finetune_epochs=spec.finetune_epochs, lr=spec.weight_lr,
                           scale_lr=spec.scales_lr(), arch_lr=spec.arch_lr(), kd_weight=spec.kd_weight,
                           batch_size=spec.batch_size)
         return run_dqss_qat(fp32_path, data, spec.qat_spec(), out_dir, sch, spec.temperature, seed,
-                            spec.easyquant_steps, spec.tie, progress)
+                            spec.easyquant_steps, spec.tie, progress, device)
     return run_dqss_ptq(fp32_path, data, spec.qat_spec(), out_dir, spec.iters, spec.arch_lr(), spec.batch_size,
-                        spec.temperature, seed, None, spec.easyquant_steps, spec.tie, spec.scales_lr())
+                        spec.temperature, seed, None, spec.easyquant_steps, spec.tie, spec.scales_lr(), device)
 
 
 def load_strategy(path: str | Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantsearch.data import ArrayData, batches
+from quantsearch.device import model_device
 from quantsearch.dqss.mixed import mix_quant
 from quantsearch.quant.convert import quant_layers
 from quantsearch.quant.fakequant import grad_scale, lsq_grad_factor
@@ -31,7 +32,9 @@ class ActMix(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(len(scales)))
         # candidate scales are parameters so QAT can move them (LSQ); PTQ freezes them
         self.scales = nn.Parameter(torch.stack([t.reshape(()) for t in scales if t is not None]), requires_grad=False)
-        self.zps = None if form.symmetric else torch.stack([t.reshape(()).round() for t in zps if t is not None])
+        # integer zero points (what the strategy file deploys), as a buffer so .to() and state_dict see them
+        self.register_buffer("zps", None if form.symmetric else torch.stack(
+            [t.reshape(()).round() for t in zps if t is not None]))
 
     def probs(self) -> torch.Tensor:
         """p = softmax(alpha / T)."""
@@ -57,8 +60,8 @@ class WeightMix(nn.Module):
         flat = [t.reshape(-1) for t in scales if t is not None]
         stacked = torch.stack(flat) if form.per_channel else torch.stack([t.reshape(()) for t in flat])
         self.scales = nn.Parameter(stacked, requires_grad=False)
-        self.zps = None if form.symmetric else torch.stack(
-            [(t.reshape(-1) if form.per_channel else t.reshape(())).round() for t in zps if t is not None])
+        self.register_buffer("zps", None if form.symmetric else torch.stack(
+            [(t.reshape(-1) if form.per_channel else t.reshape(())).round() for t in zps if t is not None]))
 
     def probs(self) -> torch.Tensor:
         """q = softmax(beta / T)."""
@@ -131,7 +134,7 @@ def shared_input_groups(model: nn.Module, example: torch.Tensor) -> dict[str, st
     was_training = model.training
     model.eval()
     try:
-        model(example)
+        model(example.to(model_device(model)))
     finally:
         for h in handles:
             h.remove()
@@ -208,12 +211,14 @@ def train_mixers_ptq(model: nn.Module, teacher: nn.Module, mixers: dict[str, Mix
     opt = torch.optim.Adam(groups)
     model.eval()
     teacher.eval()
+    device = model_device(model)
     gen = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     t0 = time.perf_counter()
     step = 0
     while step < iters:
         for x, y in batches(calib, batch_size, mean, std, shuffle=True, generator=gen):
+            x, y = x.to(device), y.to(device)
             with torch.no_grad():
                 t = teacher(x)
             s = model(x)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from quantsearch.device import model_device
 from quantsearch.quant.calibrators import Calibrator, MSECalibrator
 from quantsearch.quant.forms import LayerConfig
 from quantsearch.quant.layers import QUANT_LAYER_TYPES, QuantConv2d, QuantLinear, QuantMixin
@@ -38,7 +39,7 @@ def _execution_order(model: nn.Module, example: torch.Tensor | None) -> list[str
         with torch.no_grad():
             was = model.training
             model.eval()
-            model(example)
+            model(example.to(model_device(model)))
             model.train(was)
     finally:
         for h in hooks:
@@ -134,9 +135,10 @@ def collect_inputs(model: nn.Module, inputs: Iterable[torch.Tensor], max_samples
     handles = [layer.register_forward_pre_hook(hook(n)) for n, layer in layers.items()]  # type: ignore[attr-defined]
     was = model.training
     model.eval()
+    device = model_device(model)
     try:
         for x in inputs:
-            model(x)
+            model(x.to(device))
     finally:
         for h in handles:
             h.remove()

@@ -47,7 +47,7 @@ class QuantConv2d(nn.Conv2d, QuantMixin):
             if m.bias is not None:
                 q.bias.copy_(m.bias)
         q._init_quant()
-        return q
+        return q.to(m.weight.device)  # the quantizer tables live where the weights do
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Convolution of the quantized input with the quantized weight (or the DQSS strategy mixture)."""
@@ -74,7 +74,7 @@ class QuantLinear(nn.Linear, QuantMixin):
             if m.bias is not None:
                 q.bias.copy_(m.bias)
         q._init_quant()
-        return q
+        return q.to(m.weight.device)  # the quantizer tables live where the weights do
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Linear map of the quantized input with the quantized weight (or the DQSS strategy mixture)."""

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from quantsearch.data import ArrayData, batches
+from quantsearch.device import model_device
 
 
 @torch.no_grad()
@@ -22,6 +23,7 @@ def recalibrate_bn(model: nn.Module, data: ArrayData, mean: float, std: float, n
         m.reset_running_stats()
     was = model.training
     model.train()
+    device = model_device(model)
     seen = 0
     try:
         for x, _ in batches(data, batch_size, mean, std):
@@ -30,7 +32,7 @@ def recalibrate_bn(model: nn.Module, data: ArrayData, mean: float, std: float, n
                 break
             for m in bns:
                 m.momentum = len(x) / (seen + len(x))
-            model(x)
+            model(x.to(device))
             seen += len(x)
             if seen >= n_images:
                 break

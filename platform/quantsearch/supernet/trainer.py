@@ -18,6 +18,7 @@ from torch import nn
 from quantsearch._util import seed_everything
 from quantsearch.config import JobSpec, SupernetSpec
 from quantsearch.data import PreparedData, batches, take
+from quantsearch.device import model_device, resolve_device
 from quantsearch.quant import calibrate_model, get_calibrator, get_profile
 from quantsearch.space import SearchSpace, SubnetConfig, set_config
 from quantsearch.supernet.losses import gpg_loss, wdr_loss
@@ -68,11 +69,13 @@ def example_input(data: PreparedData) -> torch.Tensor:
     return data.example(0)
 
 
-def build_run(spec: JobSpec, data: PreparedData, fp32: Payload, world: int = 1) -> SupernetRun:
-    """Convert the FP32 model, initialise every scale table on calibration images, set up optimiser etc."""
+def build_run(spec: JobSpec, data: PreparedData, fp32: Payload, world: int = 1,
+              device: str | torch.device | None = None) -> SupernetRun:
+    """Convert the FP32 model on `device` (default: the job's), initialise every scale table on calibration
+    images, set up optimiser etc."""
     sn = spec.supernet or SupernetSpec()
     gen = seed_everything(spec.seed)
-    model = quantized_model(fp32, example_input(data))
+    model = quantized_model(fp32, example_input(data), resolve_device(spec.device if device is None else device))
     calib = take(data.train, sn.calib_images, spec.seed + 1)
     calibrate_model(model, (x for x, _ in batches(calib, 256, data.mean, data.std)), get_calibrator(sn.init_calibrator))
     space = SearchSpace.for_model(model, get_profile(sn.profile))
@@ -112,6 +115,8 @@ def sandwich_step(run: SupernetRun, x: torch.Tensor, y: torch.Tensor, sn: Supern
     """WDR, then max (CE), then random + min subnets ordered by bits, each distilling from the one above."""
     model = run.model
     model.train()
+    device = model_device(model)
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     run.optimizer.zero_grad(set_to_none=True)
     losses: dict[str, float] = {}
     if sn.wdr:

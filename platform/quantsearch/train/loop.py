@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantsearch.data import ArrayData, batches
+from quantsearch.device import model_device
 
 
 @dataclass(frozen=True)
@@ -23,26 +24,31 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ArrayData, mean: float, std: float, batch_size: int = 512,
-             device: str | torch.device = "cpu") -> EvalResult:
-    """Evaluate in eval mode; returns top-1 and mean CE."""
+             device: str | torch.device | None = None) -> EvalResult:
+    """Evaluate in eval mode on `device` (default: where the model is); returns top-1 and mean CE."""
+    device = model_device(model) if device is None else device
     was_training = model.training
     model.eval()
-    correct, loss_sum, n = 0, 0.0, 0
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    n = 0
     for x, y in batches(data, batch_size, mean, std):
-        x, y = x.to(device), y.to(device)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")  # summed on the device: one sync at the end
+        correct += (logits.argmax(1) == y).sum()
         n += len(y)
     model.train(was_training)
-    return EvalResult(correct / max(n, 1), loss_sum / max(n, 1), n)
+    return EvalResult(int(correct) / max(n, 1), float(loss_sum) / max(n, 1), n)
 
 
 def train_epoch(model: nn.Module, data: ArrayData, mean: float, std: float, optimizer: torch.optim.Optimizer,
                 scheduler: torch.optim.lr_scheduler.LRScheduler | None, generator: torch.Generator,
                 batch_size: int, augment: bool, hflip: bool, label_smoothing: float = 0.0,
-                device: str | torch.device = "cpu", on_batch: Callable[[int, float], None] | None = None) -> float:
+                device: str | torch.device | None = None,
+                on_batch: Callable[[int, float], None] | None = None) -> float:
     """Train one epoch with per-batch scheduler steps; return the mean training loss."""
+    device = model_device(model) if device is None else device
     model.train()
     total, count = 0.0, 0
     for i, (x, y) in enumerate(batches(data, batch_size, mean, std, shuffle=True, generator=generator,

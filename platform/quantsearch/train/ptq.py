@@ -6,9 +6,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from quantsearch._util import atomic_write_json
 from quantsearch.config import QATSpec
 from quantsearch.data import PreparedData, batches, take
+from quantsearch.device import resolve_device
 from quantsearch.quant.methods import calibrate_active
 from quantsearch.space import SubnetConfig, set_config
 from quantsearch.train.checkpoint import load_checkpoint, model_meta, save_checkpoint
@@ -29,11 +32,11 @@ class PTQResult:
 
 
 def calibrate_ptq(fp32_path: str | Path, data: PreparedData, qat: QATSpec, act_method: str, weight_method: str,
-                  out_dir: str | Path, seed: int = 0) -> PTQResult:
+                  out_dir: str | Path, seed: int = 0, device: str | torch.device = "cpu") -> PTQResult:
     """Convert, set the config, calibrate its forms with the methods, evaluate; save model.pt + metrics.json."""
     fp32 = load_checkpoint(fp32_path, kind="fp32")
     example = data.example(seed)
-    model = quantized_model(fp32, example)
+    model = quantized_model(fp32, example, resolve_device(device))
     cfg = resolve_config(qat, model)
     set_config(model, cfg)
     calib = take(data.train, qat.calib_images, seed + 1)

@@ -17,6 +17,7 @@ from torch import nn
 from quantsearch._util import atomic_write_json, seed_everything
 from quantsearch.config import JobSpec, QATSpec
 from quantsearch.data import PreparedData, batches, take
+from quantsearch.device import resolve_device
 from quantsearch.errors import ConfigError
 from quantsearch.quant import QuantPolicy, calibrate_model, convert, get_profile
 from quantsearch.space import SearchSpace, SubnetConfig, parse_uniform, set_config
@@ -55,9 +56,9 @@ def resolve_config(qat: QATSpec, model: nn.Module) -> SubnetConfig:
     return cfg
 
 
-def quantized_model(fp32: dict[str, Any], example: torch.Tensor) -> nn.Module:
-    """Convert an FP32 checkpoint's model (first/last pinned, found in execution order)."""
-    return convert(build_model_from_checkpoint(fp32), QuantPolicy(), example)
+def quantized_model(fp32: dict[str, Any], example: torch.Tensor, device: str | torch.device = "cpu") -> nn.Module:
+    """Convert an FP32 checkpoint's model on `device` (first/last pinned, found in execution order)."""
+    return convert(build_model_from_checkpoint(fp32).to(device), QuantPolicy(), example.to(device))
 
 
 def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -77,8 +78,9 @@ def train_qat(spec: JobSpec, data: PreparedData, out_dir: str | Path, progress: 
     ckpt_path = Path(qat.checkpoint or Path(spec.output_dir) / "fp32" / "model.pt")
     fp32 = load_checkpoint(ckpt_path, kind="fp32")
     gen = seed_everything(spec.seed)
+    device = resolve_device(spec.device)
     example = data.example(spec.seed)
-    model = quantized_model(fp32, example)
+    model = quantized_model(fp32, example, device)
     cfg = resolve_config(qat, model)
     calib = take(data.train, qat.calib_images, spec.seed + 1)
     calibrate_model(model, (x for x, _ in batches(calib, 256, data.mean, data.std)))
