@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export RAY_AUTH_MODE := disabled
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast lint install data benchmarks clean
+.PHONY: demo test test-fast gpu-check lint install data benchmarks clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -38,6 +38,11 @@ test: install data
 
 test-fast: install data
 	$(PY) -m pytest -q -m "not slow" tests
+
+# FP32 -> QAT -> DQSS-PTQ -> supernet (1 Ray worker with a GPU) on CUDA; asserts every stage's tensors were there.
+gpu-check: install data
+	@$(PY) -c "import sys, torch; torch.cuda.is_available() or sys.exit('gpu-check needs a CUDA GPU; torch sees none')"
+	$(PY) -m pytest -q -m gpu tests/gpu
 
 lint: install
 	$(VENV)/bin/ruff check platform tests benchmarks
