@@ -3,7 +3,8 @@ import torch
 from quantsearch.config import JobSpec
 from quantsearch.data import PreparedData, split_train_val
 from quantsearch.errors import CheckpointError
-from quantsearch.train import evaluate, load_checkpoint, load_model, train_fp32
+from quantsearch.space import load_model
+from quantsearch.train import evaluate, load_checkpoint, train_fp32
 
 
 def _prepared(bundle, val=128):
@@ -86,3 +87,15 @@ def test_resnet_learns_fashion_mnist_in_one_epoch(tmp_path):
     spec = JobSpec.model_validate({"training": {"epochs": 1, "batch_size": 64, "lr": 0.01, "augment": False}})
     res = train_fp32(spec, data, tmp_path, progress=False)
     assert res.test_acc > 0.60, res.test_acc
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 7, 8])
+def test_onecycle_schedule_survives_tiny_runs(steps):
+    import torch
+    from quantsearch.train.optim import make_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = make_scheduler(opt, "onecycle", steps)
+    for _ in range(steps):
+        opt.step()
+        sched.step()

@@ -22,6 +22,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: int
                    ) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-iteration schedule: one-cycle, cosine to zero, or constant."""
     total_steps = max(total_steps, 1)
+    if name == "onecycle" and total_steps < 8:
+        # one-cycle needs a step in each phase (torch divides by pct_start * total - 1): tiny runs anneal instead
+        name = "cosine"
     if name == "onecycle":
         max_lrs = [g["lr"] for g in optimizer.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lrs, total_steps=total_steps,
