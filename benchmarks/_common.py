@@ -27,7 +27,7 @@ def machine() -> dict[str, Any]:
             "cuda": torch.cuda.is_available()}
 
 
-def median_time(fn, repeats: int, warmup: int = 3) -> float:  # noqa: ANN001
+def median_time(fn, repeats: int, warmup: int = 3) -> float:
     """Median wall time of `fn()` over `repeats` runs after `warmup` runs (robust on a shared 2-core box)."""
     for _ in range(warmup):
         fn()

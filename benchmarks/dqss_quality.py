@@ -30,11 +30,11 @@ from collections import Counter
 from typing import Any
 
 from _common import RESULTS, RUNS, write_result
-from quantsearch.config import DataSpec, JobSpec, QATSpec
+from quantsearch.config import DataSpec, DQSSSpec, JobSpec, QuantTarget
 from quantsearch.data import prepare_data
-from quantsearch.dqss import QATSchedule, run_dqss_ptq, run_dqss_qat
-from quantsearch.train import evaluate, load_checkpoint, load_model, train_fp32
-from quantsearch.train.ptq import calibrate_ptq
+from quantsearch.dqss import run_dqss
+from quantsearch.space import load_model
+from quantsearch.train import calibrate_ptq, evaluate, load_checkpoint, train_fp32
 
 SINGLES = ("maxabs", "kl", "easyquant", "admm")
 TORCH_AO = {"torchao-minmax": ("torchao-minmax", "torchao-minmax"),
@@ -78,19 +78,20 @@ def bench_model(model: str, args: argparse.Namespace, data: Any) -> dict[str, An
     rows: dict[str, Any] = {}
     for bits in ([] if args.qat_only else args.bits):
         cfg = f"W{bits}A{bits}"
-        qat = QATSpec(config=f"uniform:{cfg}", calib_images=args.calib_images)
+        target = QuantTarget(config=f"uniform:{cfg}", calib_images=args.calib_images)
         r: dict[str, Any] = {}
-        for m in SINGLES + ("mse",):
-            res = calibrate_ptq(ckpt, data, qat, m, m, out / f"{cfg}-{m}", args.seed)
+        for m in (*SINGLES, "mse"):
+            res = calibrate_ptq(ckpt, data, target, m, m, out / f"{cfg}-{m}", args.seed)
             r[m] = _row(res.val_acc, res.test_acc, seconds=round(res.seconds, 1))
         for name, (a, w) in TORCH_AO.items():
-            res = calibrate_ptq(ckpt, data, qat, a, w, out / f"{cfg}-{name}", args.seed)
+            res = calibrate_ptq(ckpt, data, target, a, w, out / f"{cfg}-{name}", args.seed)
             r[name] = _row(res.val_acc, res.test_acc, seconds=round(res.seconds, 1))
         variants = _ptq_variants(args)
         for name, scale_lr in variants.items():
             t0 = time.perf_counter()
-            res = run_dqss_ptq(ckpt, data, qat, out / f"{cfg}-{name}", iters=args.iters, lr=args.lr, seed=args.seed,
-                               easyquant_steps=args.easyquant_steps, scale_lr=scale_lr)
+            spec = DQSSSpec(mode="ptq", target=target, iters=args.iters, lr=args.lr, scale_lr=scale_lr,
+                            easyquant_steps=args.easyquant_steps)
+            res = run_dqss(spec, ckpt, data, out / f"{cfg}-{name}", seed=args.seed)
             r[name] = _row(res.val_acc, res.test_acc, search_seconds=round(res.search_seconds, 1),
                            total_seconds=round(time.perf_counter() - t0, 1), iters=args.iters, lr=args.lr,
                            scale_lr=scale_lr, easyquant_steps=args.easyquant_steps, calib_images=args.calib_images,
@@ -117,12 +118,15 @@ def bench_model(model: str, args: argparse.Namespace, data: Any) -> dict[str, An
               + f"  (best single on val: {best_name})")
     qat_row = None
     if args.qat:
-        sch = QATSchedule(search_epochs=args.qat_search_epochs, finetune_epochs=args.qat_finetune_epochs)
-        qat = QATSpec(config="uniform:W4A4", calib_images=args.calib_images)
-        res = run_dqss_qat(ckpt, data, qat, out / "W4A4-dqss_qat", sch, seed=args.seed,
-                           easyquant_steps=args.easyquant_steps)
+        spec = DQSSSpec(mode="qat", target=QuantTarget(config="uniform:W4A4", calib_images=args.calib_images),
+                        search_epochs=args.qat_search_epochs, finetune_epochs=args.qat_finetune_epochs,
+                        easyquant_steps=args.easyquant_steps)
+        sch = {"search_epochs": spec.search_epochs, "finetune_epochs": spec.finetune_epochs, "lr": spec.weight_lr,
+               "scale_lr": spec.scales_lr(), "arch_lr": spec.arch_lr(), "kd_weight": spec.kd_weight,
+               "batch_size": spec.batch_size}
+        res = run_dqss(spec, ckpt, data, out / "W4A4-dqss_qat", seed=args.seed)
         qat_row = _row(res.val_acc, res.test_acc, search_seconds=round(res.search_seconds, 1),
-                       finetune_seconds=round(res.finetune_seconds, 1), schedule=vars(sch),
+                       finetune_seconds=round(res.finetune_seconds, 1), schedule=sch,
                        easyquant_steps=args.easyquant_steps, calib_images=args.calib_images, choices=_choices(res),
                        gap_to_fp32_points=100 * (fp32_acc - res.test_acc),
                        target_met={"within_1_of_fp32": res.test_acc >= fp32_acc - 0.01})

@@ -31,9 +31,10 @@ from typing import Any
 from _common import RESULTS, RUNS, write_result
 from quantsearch.config import JobSpec
 from quantsearch.data import PreparedData, prepare_data
+from quantsearch.space import load_model
 from quantsearch.supernet import measure, save_table, train_supernet_local, uniform_table
 from quantsearch.supernet.sampling import NetForm
-from quantsearch.train import evaluate, load_checkpoint, load_model, train_fp32
+from quantsearch.train import evaluate, load_checkpoint, train_fp32
 
 CONFIGS = (8, 4, 3, 2)
 FORM = NetForm("per_channel", True, False)

@@ -12,7 +12,8 @@ import argparse
 from _common import RUNS, write_result
 from quantsearch.config import JobSpec
 from quantsearch.data import prepare_data
-from quantsearch.train import evaluate, load_checkpoint, load_model, train_fp32, train_qat
+from quantsearch.space import load_model
+from quantsearch.train import evaluate, load_checkpoint, train_fp32, train_qat
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
     rows = {}
     for cfg in args.configs:
         spec = JobSpec.model_validate({**base.model_dump(), "qat": {
-            "config": f"uniform:{cfg}", "epochs": args.epochs, "lr": args.lr, "scale_lr": args.scale_lr,
+            "target": {"config": f"uniform:{cfg}"}, "epochs": args.epochs, "lr": args.lr, "scale_lr": args.scale_lr,
             "checkpoint": str(ckpt_path)}})
         res = train_qat(spec, data, RUNS / f"lsq-{cfg}", progress=False)
         gap = 100 * (fp32_acc - res.test_acc)

@@ -15,8 +15,9 @@ from _common import RUNS, median_time, write_result
 from quantsearch.config import JobSpec
 from quantsearch.data import batches, prepare_data
 from quantsearch.distributed import train_supernet_ray
-from quantsearch.supernet import build_run, sandwich_step
-from quantsearch.train import load_checkpoint, load_model, train_fp32
+from quantsearch.space import load_model
+from quantsearch.supernet import build_job_run, sandwich_step
+from quantsearch.train import load_checkpoint, train_fp32
 
 
 def main() -> None:
@@ -28,21 +29,21 @@ def main() -> None:
     ckpt = RUNS / "fp32-resnet8" / "model.pt"
     base = {"name": "scaling", "output_dir": str(RUNS / "scaling"), "model": {"name": "resnet8"},
             "supernet": {"epochs": 1, "batch_size": 128, "train_images": args.images, "bn_images": 512,
-                         "checkpoint": str(ckpt), "max_failures": 0}}
+                         "checkpoint": str(ckpt)}, "scaling": {"max_failures": 0}}
     spec = JobSpec.model_validate(base)
     data = prepare_data(spec.data)
     if not ckpt.exists():
         train_fp32(spec, data, ckpt.parent, progress=False)
     throughput = {}
     for workers in (1, 2):
-        s = JobSpec.model_validate({**base, "supernet": {**base["supernet"],
-                                                         "run_name": f"scaling-{workers}w-{int(time.time())}"}})
+        s = JobSpec.model_validate({**base, "scaling": {**base["scaling"],
+                                                        "run_name": f"scaling-{workers}w-{int(time.time())}"}})
         res = train_supernet_ray(s, ckpt, RUNS / "scaling" / f"w{workers}", workers)
         secs = res.metrics["epoch_seconds"]
         throughput[workers] = args.images / secs
         print(f"{workers} worker(s): {args.images} images in {secs:.1f}s -> {throughput[workers]:.0f} images/s")
     # the sandwich step (WDR + max + 2 random + min) vs one FP32 step, same batch, in-process
-    run = build_run(spec, data, load_checkpoint(ckpt))
+    run = build_job_run(spec, data, load_checkpoint(ckpt))
     x, y = next(batches(data.train, 128, data.mean, data.std))
     fp32 = load_model(load_checkpoint(ckpt))
     opt = torch.optim.Adam(fp32.parameters(), 1e-4)

@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     import torch
 
 
+# the registry's names (quantsearch.quant.registry.CALIBRATORS), spelled out so that `--help` does not import torch;
+# tests/unit/test_cli.py checks the two agree
+METHOD_NAMES = ("maxabs", "mse", "kl", "admm", "easyquant", "torchao-minmax", "torchao-histogram")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports bad arguments as one line (exit 2) instead of usage + error."""
 
@@ -44,12 +49,12 @@ def _override(spec: object, **sections: dict[str, object]) -> object:
         for key, value in values.items():
             if value is None:
                 continue
-            if section == "":
-                raw[key] = value
-            else:
-                if raw.get(section) is None:
-                    raw[section] = {}
-                raw[section][key] = value
+            cur = raw
+            for part in ([section] if section else []) + key.split(".")[:-1]:  # "target.config": nested
+                if cur.get(part) is None:
+                    cur[part] = {}
+                cur = cur[part]
+            cur[key.split(".")[-1]] = value
     return validate_spec(raw)
 
 
@@ -142,15 +147,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint, or the model a DQSS strategy file describes, on the test (or val) split."""
     from quantsearch.config import DataSpec, make_section
     from quantsearch.data import prepare_data
-    from quantsearch.train import evaluate, load_checkpoint, load_model
+    from quantsearch.space import load_model
+    from quantsearch.train import evaluate, load_checkpoint
 
     dev = _device(args.device)
     if args.strategy:
-        from quantsearch.dqss import build_from_strategy, load_strategy, strategy_weights
+        from quantsearch.dqss import Strategy, build_from_strategy, strategy_weights
 
-        st = load_strategy(args.strategy)
+        st = Strategy.load(args.strategy)
         model = build_from_strategy(args.strategy, args.checkpoint)
-        label = f"{args.strategy}: DQSS-{st['mode'].upper()} strategy"
+        label = f"{args.strategy}: DQSS-{st.mode.upper()} strategy"
         dataset = load_checkpoint(args.checkpoint or strategy_weights(args.strategy, st))["dataset"]
     elif args.checkpoint:
         ckpt = load_checkpoint(args.checkpoint)
@@ -202,16 +208,16 @@ def cmd_qat(args: argparse.Namespace) -> int:
     out = _out_dir(args.out)
     ckpt = load_checkpoint(args.checkpoint, kind="fp32")
     spec = _job_from_args(args)
-    raw_qat = {"config": args.config, "checkpoint": args.checkpoint, "epochs": args.epochs,
-               "profile": args.profile, "calib_images": args.calib_images, "lr": args.lr}
+    raw_qat = {"target.config": args.config, "checkpoint": args.checkpoint, "epochs": args.epochs,
+               "target.profile": args.profile, "target.calib_images": args.calib_images, "lr": args.lr}
     spec = _override(spec, data={"name": ckpt["dataset"], "train_limit": args.train_limit},
                      qat={k: v for k, v in raw_qat.items() if v is not None},
                      **{"": {"seed": args.seed, "device": args.device}})
     _device(spec.device)  # type: ignore[attr-defined]
     data = prepare_data(spec.data)  # type: ignore[attr-defined]
-    qat = spec.qat  # type: ignore[attr-defined]
-    _check_calib(qat.calib_images if "calib_images" in qat.model_fields_set else None, data,
-                 "--calib-images" if args.calib_images is not None else "qat.calib_images")
+    target = spec.qat.target  # type: ignore[attr-defined]
+    _check_calib(target.calib_images if "calib_images" in target.model_fields_set else None, data,
+                 "--calib-images" if args.calib_images is not None else "qat.target.calib_images")
     res = train_qat(spec, data, out, progress=not args.quiet)  # type: ignore[arg-type]
     print(f"{args.config} ({res.config.summary()}): calibrated val {100 * res.ptq_val_acc:.2f}%  "
           f"QAT val {100 * res.val_acc:.2f}%  test {100 * res.test_acc:.2f}%  {res.epochs} epochs "
@@ -221,27 +227,25 @@ def cmd_qat(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """PTQ of one uniform config with a named calibration method."""
-    from quantsearch._util import suggest
-    from quantsearch.config import DataSpec, QATSpec, make_section
+    from quantsearch.config import DataSpec, QuantTarget, make_section
     from quantsearch.data import prepare_data
-    from quantsearch.quant.methods import METHODS
+    from quantsearch.quant.registry import check_calibrator
     from quantsearch.train import load_checkpoint
     from quantsearch.train.ptq import calibrate_ptq
 
     out = _out_dir(args.out)
     for m in (args.method, args.weight_method):
-        if m is not None and m not in METHODS:
-            raise ConfigError(f"unknown calibration method '{m}'{suggest(m, METHODS)}; "
-                              f"choose from {', '.join(METHODS)}")
+        if m is not None:
+            check_calibrator(m)
     dev = _device(args.device)
     ckpt = load_checkpoint(args.checkpoint, kind="fp32")
     config = args.config or f"uniform:W{args.bits}A{args.bits}"
     _check_config_flag(config, "--config" if args.config else f"--bits {args.bits}")
-    qat = make_section(QATSpec, "--", config=config, profile=args.profile, calib_images=args.calib_images,
-                       act_symmetric=args.act_symmetric)
+    target = make_section(QuantTarget, "--", config=config, profile=args.profile, calib_images=args.calib_images,
+                          act_symmetric=args.act_symmetric)
     data = prepare_data(make_section(DataSpec, "data", name=ckpt["dataset"], test_limit=args.test_limit))
     _check_calib(args.calib_images, data)
-    res = calibrate_ptq(args.checkpoint, data, qat, args.method, args.weight_method or args.method, out,
+    res = calibrate_ptq(args.checkpoint, data, target, args.method, args.weight_method or args.method, out,
                         args.seed, device=dev)
     print(f"{config} ({res.config.summary()}) calibrated with {res.method}: val {100 * res.val_acc:.2f}%  "
           f"test {100 * res.test_acc:.2f}%  ({res.seconds:.1f}s) -> {res.checkpoint}")
@@ -253,10 +257,10 @@ def cmd_dqss(args: argparse.Namespace) -> int:
     from quantsearch.config import DataSpec, DQSSSpec, JobSpec, make_section
     from quantsearch.data import prepare_data
     from quantsearch.dqss import run_dqss
+    from quantsearch.space import quantized_model, resolve_config
     from quantsearch.tracking import JobTracker
     from quantsearch.tracking.dqss_tracking import log_dqss_run, log_dqss_subsets
     from quantsearch.train import load_checkpoint
-    from quantsearch.train.qat import quantized_model, resolve_config
 
     out = _out_dir(args.out)
     dev = _device(args.device)
@@ -275,10 +279,11 @@ def cmd_dqss(args: argparse.Namespace) -> int:
     data_spec = make_section(DataSpec, "data", name=ckpt["dataset"], test_limit=args.test_limit)
     data = prepare_data(data_spec)
     # a config the profile cannot deploy (or a bad subnet file) fails here, before anything is written
-    resolve_config(spec.qat_spec(), quantized_model(ckpt, data.example(args.seed)))
+    resolve_config(spec.target, quantized_model(ckpt, data.example(args.seed)))
     _check_calib(args.calib_images, data)
-    if spec.subsets and spec.subsets * spec.calib_images > len(data.train):
-        raise ConfigError(f"--subsets x --calib-images = {spec.subsets} x {spec.calib_images} images but the train "
+    n_calib = spec.target.calib_images
+    if spec.subsets and spec.subsets * n_calib > len(data.train):
+        raise ConfigError(f"--subsets x --calib-images = {spec.subsets} x {n_calib} images but the train "
                           f"split of {data.bundle.name} holds only {len(data.train)}; lower one of them")
     tracker = JobTracker(JobSpec(name="dqss", seed=args.seed, device=args.device or "auto", output_dir=str(out),
                                  data=data_spec, dqss=spec))
@@ -412,12 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     qa.set_defaults(func=cmd_qat)
     ca = sub.add_parser("calibrate", help="PTQ: calibrate one uniform config with a named method (no training)")
     ca.add_argument("--checkpoint", required=True, help="FP32 checkpoint")
-    ca.add_argument("--method", required=True, help="maxabs | mse | kl | admm | easyquant (activations, and "
-                                                    "weights unless --weight-method)")
+    ca.add_argument("--method", required=True, help=f"{' | '.join(METHOD_NAMES)} (activations, and weights unless "
+                                                    "--weight-method)")
     ca.add_argument("--weight-method", default=None, help="method for weights (default: --method)")
     ca.add_argument("--bits", type=int, default=8, help="uniform W<b>A<b> (first/last layer stay 8-bit)")
     ca.add_argument("--config", default=None, help="uniform:W4A8 etc., or a subnet JSON (overrides --bits)")
-    ca.add_argument("--profile", default="generic")
+    ca.add_argument("--profile", default=None, help="backend profile (default generic)")
     ca.add_argument("--act-symmetric", action="store_true", help="symmetric activations (default affine)")
     ca.add_argument("--calib-images", type=int, default=None,
                     help="calibration images from the train split (default 1024, or all it holds if fewer)")
@@ -427,9 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     device_opt(ca)
     ca.set_defaults(func=cmd_calibrate)
 
-    from quantsearch.config import DQSSSpec
+    from quantsearch.config import DQSSSpec, QuantTarget
 
     dd = {k: f.default for k, f in DQSSSpec.model_fields.items()}  # one source of defaults: the job spec's
+    dt = {k: f.default for k, f in QuantTarget.model_fields.items()}
     dq = sub.add_parser("dqss", help="DQSS: differentiable per-layer choice of calibration algorithm")
     dq.add_argument("--checkpoint", required=True, help="FP32 checkpoint")
     dq.add_argument("--mode", choices=["ptq", "qat"], default="ptq",
@@ -438,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     bits = dq.add_mutually_exclusive_group(required=True)
     bits.add_argument("--bits", type=int, help="uniform W<b>A<b> (first/last layer stay 8-bit)")
     bits.add_argument("--subnet", help="a SubnetConfig JSON (e.g. a searched subnet's per-layer bits)")
-    dq.add_argument("--profile", default=dd["profile"])
+    dq.add_argument("--profile", default=dt["profile"])
     dq.add_argument("--iters", type=int, default=dd["iters"], help="PTQ search steps")
     dq.add_argument("--lr", type=float, default=None, help="learning rate of alpha/beta (default 0.05 PTQ, 0.01 QAT)")
     dq.add_argument("--search-epochs", type=float, default=dd["search_epochs"],
@@ -454,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     dq.add_argument("--no-tie", action="store_true", help="one alpha per layer even where layers share an input")
     dq.add_argument("--quiet", action="store_true", help="no progress bars")
     dq.add_argument("--calib-images", type=int, default=None,
-                    help=f"calibration images from the train split (default {dd['calib_images']}, or all it holds "
+                    help=f"calibration images from the train split (default {dt['calib_images']}, or all it holds "
                          "if fewer)")
     dq.add_argument("--test-limit", type=int, default=None)
     dq.add_argument("--seed", type=int, default=0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -146,21 +146,16 @@ class TrainingSpec(_Strict):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
 
 
-class QATSpec(_Strict):
-    """Independent LSQ quantization-aware training of one fixed config (the baseline for EQ-Net)."""
+class QuantTarget(_Strict):
+    """What a model is quantized to: a config (uniform or per layer) deployable on a backend profile, the forms a
+    uniform config takes, and how many images calibrate it. Nested as `qat.target` and `dqss.target`."""
 
-    config: str = Field("uniform:W4A4", description="uniform:W<b>A<b> or a SubnetConfig JSON file")
-    profile: str = "generic"
+    config: str = Field("uniform:W4A4", description="uniform:W<b>A<b> or a SubnetConfig JSON file (e.g. best.json)")
+    profile: str = Field("generic", description="backend profile the config must be deployable on")
     weight_granularity: Literal["per_channel", "per_tensor"] = "per_channel"
     weight_symmetric: bool = True
     act_symmetric: bool = False
-    epochs: int = Field(1, ge=0)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    scale_lr: float = Field(1e-3, gt=0, description="learning rate of scales and offsets")
-    weight_decay: float = Field(0.0, ge=0)
-    calib_images: int = Field(1024, ge=1, description="images used to initialise scales (MSE clip search)")
-    checkpoint: str | None = Field(None, description="FP32 checkpoint; default: <output_dir>/fp32/model.pt")
+    calib_images: int = Field(1024, ge=1, description="calibration images (at most what the train split holds)")
 
     @field_validator("config")
     @classmethod
@@ -173,8 +168,71 @@ class QATSpec(_Strict):
         return _as_value_error(check_profile_name, v)
 
 
+TARGET_KEYS = tuple(QuantTarget.model_fields)
+
+
+def _nest(raw: Any, keys: tuple[str, ...], into: str, section: str) -> Any:
+    """Move the flat keys `keys` of a raw section into its `into` sub-section (old specs wrote them flat).
+
+    The same key both flat and nested is an error naming the new key."""
+    if not isinstance(raw, dict) or not any(k in raw for k in keys):
+        return raw
+    flat = {k: raw[k] for k in keys if k in raw}
+    nested = raw.get(into)
+    if nested is None:
+        nested = {}
+    if not isinstance(nested, dict):
+        return raw  # not a mapping: pydantic reports the type error on `into`
+    both = sorted(set(flat) & set(nested))
+    if both:
+        raise ValueError(f"'{section}{both[0]}' and '{section}{into}.{both[0]}' are both given; "
+                         f"'{section}{both[0]}' moved to '{section}{into}.{both[0]}': keep that one")
+    rest = {k: v for k, v in raw.items() if k not in flat}
+    return {**rest, into: {**nested, **flat}}
+
+
+class QATSpec(_Strict):
+    """Independent LSQ quantization-aware training of one fixed config (the baseline for EQ-Net)."""
+
+    legacy_keys: ClassVar[tuple[str, ...]] = TARGET_KEYS  # flat keys of specs written before `target`
+
+    target: QuantTarget = QuantTarget()
+    epochs: int = Field(1, ge=0)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    scale_lr: float = Field(1e-3, gt=0, description="learning rate of scales and offsets")
+    weight_decay: float = Field(0.0, ge=0)
+    checkpoint: str | None = Field(None, description="FP32 checkpoint; default: <output_dir>/fp32/model.pt")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, raw: Any) -> Any:
+        """config, profile, forms and calib_images moved into `target`."""
+        return _nest(raw, TARGET_KEYS, "target", "qat.")
+
+
+SCALING_KEYS = ("workers", "use_gpu", "run_name", "storage_path", "max_failures", "num_to_keep")
+
+
+class ScalingSpec(_Strict):
+    """Ray Train: how many workers, on what, and the run's name, storage and fault tolerance (the supernet)."""
+
+    workers: int = Field(0, ge=0, description="Ray Train workers; 0 runs in-process without Ray")
+    use_gpu: bool = Field(False, description="one GPU per worker (a cuda job sets it when workers > 0)")
+    run_name: str | None = Field(None, description="Ray run name; the same name resumes; default <job name>-supernet")
+    storage_path: str | None = Field(None, description="Ray storage; default <output_dir>/ray")
+    max_failures: int = Field(1, ge=0, description="worker failures tolerated (restart from the last checkpoint)")
+    num_to_keep: int = Field(2, ge=1, description="checkpoints Ray keeps")
+
+
+def _calibrator_name(name: str, layerwise_ok: bool = True) -> str:
+    from quantsearch.quant.registry import check_calibrator
+
+    return check_calibrator(name, layerwise_ok=layerwise_ok)
+
+
 class SupernetSpec(_Strict):
-    """EQ-Net supernet training: sandwich sampling, WDR and GPG losses, BN recalibration, Ray Train."""
+    """EQ-Net supernet training: sandwich sampling, WDR and GPG losses, BN recalibration (Ray: `scaling`)."""
 
     profile: str = Field("generic", description="backend profile the elastic space is built from")
     epochs: int = Field(2, ge=1)
@@ -193,24 +251,35 @@ class SupernetSpec(_Strict):
     gpg_lambda: float = Field(0.5, ge=0, le=1)
     temperature: float = Field(1.0, gt=0)
     grad_clip: float | None = Field(1.0, gt=0, description="clip gradients by value (EQ-Net release); null: off")
-    calib_images: int = Field(1024, ge=1, description="images for the MSE clip-range initialisation")
-    init_calibrator: Literal["mse", "maxabs"] = Field("mse", description="how every scale table is initialised")
+    calib_images: int = Field(1024, ge=1, description="images for the clip-range initialisation")
+    init_calibrator: str = Field("mse", description="how every scale table is initialised (a registered "
+                                                    "per-tensor calibrator, e.g. mse or maxabs)")
     bn_images: int = Field(2048, ge=1, description="images for BN recalibration before measuring a subnet")
     checkpoint: str | None = Field(None, description="FP32 checkpoint; default <output_dir>/fp32/model.pt")
     table_bits: list[int] = Field(default_factory=lambda: [8, 6, 4, 3, 2])
     table_forms: Literal["first", "all"] = Field("first", description="uniform table: the profile's first "
                                                   "network-wide form, or every one")
-    workers: int = Field(0, ge=0, description="Ray Train workers; 0 runs in-process without Ray")
-    use_gpu: bool = False
-    run_name: str | None = Field(None, description="Ray run name; the same name resumes; default <job name>")
-    storage_path: str | None = Field(None, description="Ray storage; default <output_dir>/ray")
-    max_failures: int = Field(1, ge=0)
-    num_to_keep: int = Field(2, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, raw: Any) -> Any:
+        """The Ray keys moved to the job's `scaling` section (JobSpec moves them; alone they are an error)."""
+        if isinstance(raw, dict):
+            moved = [k for k in SCALING_KEYS if k in raw]
+            if moved:
+                raise ValueError(f"'supernet.{moved[0]}' moved to the job's scaling section: set "
+                                 f"'scaling.{moved[0]}'")
+        return raw
 
     @field_validator("profile")
     @classmethod
     def _profile(cls, v: str) -> str:
         return _as_value_error(check_profile_name, v)
+
+    @field_validator("init_calibrator")
+    @classmethod
+    def _init_calibrator(cls, v: str) -> str:
+        return _as_value_error(lambda n: _calibrator_name(n, layerwise_ok=False), v)
 
     @field_validator("table_bits")
     @classmethod
@@ -222,14 +291,18 @@ class SupernetSpec(_Strict):
         return v
 
 
+DQSS_CANDIDATES = ("maxabs", "kl", "easyquant", "admm")
+
+
 class DQSSSpec(_Strict):
     """DQSS: each layer's calibration algorithm (activations and weights) chosen by gradient, PTQ or QAT."""
 
+    legacy_keys: ClassVar[tuple[str, ...]] = TARGET_KEYS
+
     mode: Literal["ptq", "qat"] = Field("ptq", description="ptq: only alpha/beta learn; qat: weights too, "
                                                            "then the argmax strategy is fine-tuned")
-    config: str = Field("uniform:W4A4", description="uniform:W<b>A<b> or a SubnetConfig JSON (e.g. best.json)")
-    profile: str = "generic"
-    calib_images: int = Field(1024, ge=1)
+    target: QuantTarget = QuantTarget()
+    candidates: tuple[str, ...] = Field(DQSS_CANDIDATES, description="the calibrators each layer chooses among")
     lr: float | None = Field(None, gt=0, description="alpha/beta learning rate; default 0.05 PTQ, 0.01 QAT")
     scale_lr: float | None = Field(None, ge=0, description="candidate scales; default 0 (frozen) PTQ, 1e-3 QAT")
     iters: int = Field(300, ge=1, description="PTQ search steps")
@@ -244,15 +317,18 @@ class DQSSSpec(_Strict):
     subsets: int = Field(0, ge=0, description="PTQ: K > 0 runs K Ray Tune trials on disjoint calibration subsets")
     checkpoint: str | None = Field(None, description="FP32 checkpoint; default: <output_dir>/fp32/model.pt")
 
-    @field_validator("config")
+    @model_validator(mode="before")
     @classmethod
-    def _config(cls, v: str) -> str:
-        return _as_value_error(check_config_string, v)
+    def _moved_keys(cls, raw: Any) -> Any:
+        """config, profile, forms and calib_images moved into `target`."""
+        return _nest(raw, TARGET_KEYS, "target", "dqss.")
 
-    @field_validator("profile")
+    @field_validator("candidates")
     @classmethod
-    def _profile(cls, v: str) -> str:
-        return _as_value_error(check_profile_name, v)
+    def _candidates(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(v) < 2 or len(set(v)) != len(v):
+            raise ValueError("list at least two different calibrators, e.g. [maxabs, kl, easyquant, admm]")
+        return tuple(_as_value_error(_calibrator_name, n) for n in v)
 
     def arch_lr(self) -> float:
         """alpha/beta learning rate, defaulted by mode."""
@@ -261,10 +337,6 @@ class DQSSSpec(_Strict):
     def scales_lr(self) -> float:
         """Candidate-scale learning rate, defaulted by mode (0 = frozen)."""
         return self.scale_lr if self.scale_lr is not None else (1e-3 if self.mode == "qat" else 0.0)
-
-    def qat_spec(self) -> QATSpec:
-        """The bits/profile/calibration part, in the form the config resolver takes."""
-        return QATSpec(config=self.config, profile=self.profile, calib_images=self.calib_images)
 
 
 class JobSpec(_Strict):
@@ -278,6 +350,7 @@ class JobSpec(_Strict):
     data: DataSpec = DataSpec()
     model: ModelSpec = ModelSpec()
     training: TrainingSpec = TrainingSpec()
+    scaling: ScalingSpec = ScalingSpec()
     qat: QATSpec | None = None
     supernet: SupernetSpec | None = None
     dqss: DQSSSpec | None = None
@@ -285,11 +358,25 @@ class JobSpec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _moved_keys(cls, raw: Any) -> Any:
-        """Specs written before the job-wide `device` key kept it under `training`: move it up."""
-        if isinstance(raw, dict) and isinstance(raw.get("training"), dict) and "device" in raw["training"]:
+        """Specs written before the job-wide `device` key kept it under `training`, and the Ray keys under
+        `supernet`: move them to `device` and `scaling`."""
+        if not isinstance(raw, dict):
+            return raw
+        if isinstance(raw.get("training"), dict) and "device" in raw["training"]:
             old = raw["training"]["device"]
             raw = {**raw, "training": {k: v for k, v in raw["training"].items() if k != "device"}}
             raw.setdefault("device", old)
+        sn = raw.get("supernet")
+        if isinstance(sn, dict) and any(k in sn for k in SCALING_KEYS):
+            flat = {k: sn[k] for k in SCALING_KEYS if k in sn}
+            scaling = raw.get("scaling") or {}
+            if isinstance(scaling, dict):
+                both = sorted(set(flat) & set(scaling))
+                if both:
+                    raise ValueError(f"'supernet.{both[0]}' and 'scaling.{both[0]}' are both given; "
+                                     f"'supernet.{both[0]}' moved to 'scaling.{both[0]}': keep that one")
+                raw = {**raw, "supernet": {k: v for k, v in sn.items() if k not in flat},
+                       "scaling": {**scaling, **flat}}
         return raw
 
     @field_validator("device")
@@ -301,6 +388,15 @@ class JobSpec(_Strict):
             return check_device_name(v)
         except ConfigError as exc:
             raise ValueError(str(exc)) from exc
+
+    def fp32_checkpoint(self, stage: str | None = None) -> Path:
+        """The FP32 checkpoint a stage starts from: its section's `checkpoint`, else <output_dir>/fp32/model.pt
+        (what the fp32 stage writes)."""
+        section = getattr(self, stage) if stage else None
+        if stage == "supernet" and section is None:
+            section = SupernetSpec()
+        explicit = getattr(section, "checkpoint", None)
+        return Path(explicit) if explicit else Path(self.output_dir) / "fp32" / "model.pt"
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -323,16 +419,17 @@ def _explain(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> 
     err = exc.errors()[0]
     loc = tuple(err["loc"])
     if prefix == "--":  # a section built from command-line flags: name the flag
-        dotted = "--" + str(loc[0]).replace("_", "-")
+        dotted = "--" + str(loc[-1]).replace("_", "-") if loc else ""
     else:
         dotted = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc)
     if err["type"] == "extra_forbidden":
         owner = _model_at(model, loc)
-        hint = suggest(str(loc[-1]), owner.model_fields) if owner else ""
+        names = [*owner.model_fields, *getattr(owner, "legacy_keys", ())] if owner else []
+        hint = suggest(str(loc[-1]), names) if owner else ""
         valid = f"; valid keys here: {', '.join(owner.model_fields)}" if owner and not hint else ""
         return f"unknown key '{dotted}'{hint}{valid}"
     msg = str(err["msg"]).removeprefix("Value error, ")
-    return f"invalid value for '{dotted}': {msg}"
+    return f"invalid value for '{dotted}': {msg}" if dotted else msg
 
 
 def make_section(model: type[_S], section: str = "", **values: Any) -> _S:

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from quantsearch._util import atomic_write_json
-from quantsearch.config import JobSpec, QATSpec, SupernetSpec, check_calib_images, check_output_dir
+from quantsearch.config import JobSpec, SupernetSpec, check_calib_images, check_output_dir
 from quantsearch.data import PreparedData, prepare_data
 from quantsearch.errors import ConfigError
 from quantsearch.tracking import JobTracker
@@ -36,11 +36,10 @@ def configured_stages(spec: JobSpec) -> list[str]:
 
 def _explicit_checkpoints(spec: JobSpec, stages: list[str]) -> list[tuple[str, Path]]:
     """(key, path) of each FP32 checkpoint the spec names for a stage it runs, other than the one fp32 writes."""
-    own = (Path(spec.output_dir) / "fp32" / "model.pt").absolute()
-    named = [("qat.checkpoint", spec.qat.checkpoint if spec.qat and "qat" in stages else None),
-             ("dqss.checkpoint", spec.dqss.checkpoint if spec.dqss and "dqss" in stages else None),
-             ("supernet.checkpoint", (spec.supernet or SupernetSpec()).checkpoint if "supernet" in stages else None)]
-    return [(key, Path(path)) for key, path in named if path and Path(path).absolute() != own]
+    own = spec.fp32_checkpoint().absolute()
+    paths = [(f"{stage}.checkpoint", spec.fp32_checkpoint(stage)) for stage in ("qat", "dqss", "supernet")
+             if stage in stages and (stage == "supernet" or getattr(spec, stage) is not None)]
+    return [(key, path) for key, path in paths if path.absolute() != own]
 
 
 def check_calibration(spec: JobSpec, data: PreparedData, stages: list[str]) -> None:
@@ -48,15 +47,16 @@ def check_calibration(spec: JobSpec, data: PreparedData, stages: list[str]) -> N
     larger than the split uses all of it); DQSS subsets must fit side by side."""
     n_train = len(data.train)
     split = f"the train split of {data.bundle.name}"
-    if spec.qat is not None and "qat" in stages and "calib_images" in spec.qat.model_fields_set:
-        check_calib_images("qat.calib_images", spec.qat.calib_images, n_train, split)
+    if spec.qat is not None and "qat" in stages and "calib_images" in spec.qat.target.model_fields_set:
+        check_calib_images("qat.target.calib_images", spec.qat.target.calib_images, n_train, split)
     dq = spec.dqss
     if dq is not None and "dqss" in stages:
-        if dq.subsets and dq.subsets * dq.calib_images > n_train:
-            raise ConfigError(f"dqss.subsets x dqss.calib_images = {dq.subsets} x {dq.calib_images} images but {split} "
+        n = dq.target.calib_images
+        if dq.subsets and dq.subsets * n > n_train:
+            raise ConfigError(f"dqss.subsets x dqss.target.calib_images = {dq.subsets} x {n} images but {split} "
                               f"holds only {n_train}; lower one of them")
-        if "calib_images" in dq.model_fields_set:
-            check_calib_images("dqss.calib_images", dq.calib_images, n_train, split)
+        if "calib_images" in dq.target.model_fields_set:
+            check_calib_images("dqss.target.calib_images", n, n_train, split)
     sn = spec.supernet
     if sn is not None and "supernet" in stages and "calib_images" in sn.model_fields_set:
         if sn.train_images is not None and sn.train_images < n_train:
@@ -74,8 +74,8 @@ def preflight(spec: JobSpec, stages: list[str] | None = None, check_device: bool
     from quantsearch.device import resolve_device
     from quantsearch.models import create
     from quantsearch.quant import QuantPolicy, convert
+    from quantsearch.space import quantized_model, resolve_config
     from quantsearch.train import load_checkpoint
-    from quantsearch.train.qat import quantized_model, resolve_config
 
     stages = stages or configured_stages(spec)
     check_output_dir(spec.output_dir, "output_dir")
@@ -90,7 +90,7 @@ def preflight(spec: JobSpec, stages: list[str] | None = None, check_device: bool
             continue
         ck = ckpts.get(f"{key}.checkpoint")
         qmodel = quantized_model(ck, example) if ck else convert(model, QuantPolicy(), example)
-        resolve_config(section if isinstance(section, QATSpec) else section.qat_spec(), qmodel)  # deployable
+        resolve_config(section.target, qmodel)  # deployable on its profile
     check_calibration(spec, data, stages)
     return data
 
@@ -102,8 +102,9 @@ def _dqss_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out: Pat
 
     dq = spec.dqss
     assert dq is not None
-    fp32 = dq.checkpoint or str(out / "fp32" / "model.pt")
-    label = dq.config.replace("uniform:", "") if dq.config.startswith("uniform:") else Path(dq.config).name
+    fp32 = spec.fp32_checkpoint("dqss")
+    config = dq.target.config
+    label = config.replace("uniform:", "") if config.startswith("uniform:") else Path(config).name
     with tracker.child("dqss", {"dqss": dq.model_dump()}):
         if dq.subsets:
             from quantsearch.distributed.tune_dqss import dqss_over_subsets
@@ -123,9 +124,9 @@ def _supernet_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out:
     import time
 
     from quantsearch.quant import get_profile
-    from quantsearch.space import SearchSpace
-    from quantsearch.supernet import fp32_checkpoint_path, save_table, train_supernet_local, uniform_table
-    from quantsearch.train import load_checkpoint, load_model
+    from quantsearch.space import SearchSpace, load_model
+    from quantsearch.supernet import save_table, train_supernet_local, uniform_table
+    from quantsearch.train import load_checkpoint
 
     sn = spec.supernet or SupernetSpec()
     sn_dir = out / "supernet"
@@ -134,7 +135,7 @@ def _supernet_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out:
         if workers > 0:
             from quantsearch.distributed import train_supernet_ray
 
-            res = train_supernet_ray(spec, fp32_checkpoint_path(spec), sn_dir, workers, use_gpu, run_id,
+            res = train_supernet_ray(spec, spec.fp32_checkpoint("supernet"), sn_dir, workers, use_gpu, run_id,
                                      tracker.uri, address)
             from quantsearch.device import resolve_device
 
@@ -161,11 +162,11 @@ def run_job(spec: JobSpec, progress: bool = True, console: Console | None = None
     console = console or Console()
     stages = stages or configured_stages(spec)
     sn = spec.supernet or SupernetSpec()
-    workers = sn.workers if workers is None else workers
+    workers = spec.scaling.workers if workers is None else workers
     if use_gpu is None:  # a CUDA job puts its Ray Train workers on GPUs unless the spec says otherwise
         from quantsearch.device import resolve_device
 
-        use_gpu = sn.use_gpu or (workers > 0 and resolve_device(spec.device).type == "cuda")
+        use_gpu = spec.scaling.use_gpu or (workers > 0 and resolve_device(spec.device).type == "cuda")
     out = Path(spec.output_dir)
     data = preflight(spec, stages)  # every input checked before the tracker creates the output folder
     tracker = JobTracker(spec)
@@ -182,7 +183,7 @@ def run_job(spec: JobSpec, progress: bool = True, console: Console | None = None
                 q = train_qat(spec, data, out / "qat", progress=progress)
                 tracker.log_metrics({"calibrated_val_acc": q.ptq_val_acc, "val_acc": q.val_acc,
                                      "test_acc": q.test_acc})
-            label = spec.qat.config.replace("uniform:", "")
+            label = spec.qat.target.config.replace("uniform:", "")
             rows.append(StageRow("calibrated (MSE clip)", label, q.ptq_val_acc, float("nan"), 0.0))
             rows.append(StageRow(f"LSQ QAT {q.epochs} ep", label, q.val_acc, q.test_acc, q.seconds))
         if "dqss" in stages and spec.dqss is not None:

@@ -17,7 +17,7 @@ def _spec(out, epochs, name):
         "name": "ray-test", "output_dir": str(out), "data": {"name": "synthetic", "val_size": 64},
         "training": {"epochs": 1, "batch_size": 64},
         "supernet": {"epochs": epochs, "batch_size": 32, "train_images": 128, "calib_images": 64,
-                     "bn_images": 64, "run_name": name, "max_failures": 1}})
+                     "bn_images": 64}, "scaling": {"run_name": name, "max_failures": 1}})
 
 
 @pytest.fixture(scope="module")

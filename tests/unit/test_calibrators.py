@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 from quantsearch.quant import QuantForm, QuantPolicy, convert, fake_quant, get_calibrator, grid_for
+from quantsearch.quant.calibrate import calibrate_active
 from quantsearch.quant.easyquant import easyquant_layer
 from quantsearch.quant.kl import abs_histogram, kl_divergences, kl_threshold
-from quantsearch.quant.methods import calibrate_active
 from quantsearch.space import model_uniform, set_config
 from torch import nn
 
@@ -237,7 +237,7 @@ def test_torchao_observers_match_torch_and_histogram_never_wider():
 def test_calibration_sample_spans_every_column():
     # feature maps whose first column is a constant background: a stride that is a multiple of the width sampled
     # only that column (a histogram of spikes that drove KL to collapse); the random sample follows the data
-    from quantsearch.quant.convert import collect_inputs
+    from quantsearch.quant.calibrate import collect_inputs
 
     net = convert(nn.Sequential(nn.Conv2d(4, 4, 1), nn.Conv2d(4, 2, 1)), QuantPolicy(), None)
     x = torch.rand(64, 4, 24, 24) + 1.0
@@ -266,7 +266,7 @@ def test_admm_uses_weight_settings_for_per_tensor_weights():
 def test_layers_reading_one_tensor_get_one_input_scale(method):
     # a ResNet block's first conv and its 1x1 shortcut read one tensor: calibrated per alpha group, they share
     # one input scale (per layer, EasyQuant gave them two)
-    from quantsearch.dqss.search import shared_input_groups
+    from quantsearch.dqss import shared_input_groups
     from quantsearch.models import create
 
     torch.manual_seed(0)

@@ -119,3 +119,10 @@ def test_dqss_qat_cli_tracks_in_mlflow_and_eval_rebuilds_from_strategy(tmp_path,
     (tmp_path / "x.json").write_text("{}")
     code, _, err = run(["eval", "--strategy", str(tmp_path / "x.json")], capsys)
     assert code == 2 and "not a DQSS strategy file" in err
+
+
+def test_help_lists_the_calibrator_registry():
+    from quantsearch.cli import METHOD_NAMES
+    from quantsearch.quant import CALIBRATORS
+
+    assert METHOD_NAMES == tuple(CALIBRATORS)  # spelled out in cli.py so that --help does not import torch

@@ -35,7 +35,7 @@ def test_overrides_parse_yaml_values():
     assert parse_override("training.lr=0.5") == (["training", "lr"], 0.5)
     raw = apply_overrides({"training": {"epochs": 1}}, ["training.epochs=3", "qat.config=uniform:W2A2", "name=x"])
     spec = validate_spec(raw)
-    assert spec.training.epochs == 3 and spec.qat.config == "uniform:W2A2" and spec.name == "x"
+    assert spec.training.epochs == 3 and spec.qat.target.config == "uniform:W2A2" and spec.name == "x"
     with pytest.raises(ConfigError):
         parse_override("nokey")
 
@@ -52,3 +52,62 @@ def test_bad_yaml_and_missing_file(tmp_path):
 @pytest.mark.parametrize("job", sorted((ROOT / "jobs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_jobs_validate(job):
     assert isinstance(load_job(job), JobSpec)
+
+
+def test_old_flat_keys_load_into_their_new_sections():
+    spec = validate_spec({
+        "training": {"device": "cpu"},
+        "qat": {"config": "uniform:W2A2", "profile": "tflite-int8", "calib_images": 64, "epochs": 2},
+        "dqss": {"config": "uniform:W3A3", "calib_images": 32, "iters": 5},
+        "supernet": {"epochs": 1, "workers": 2, "use_gpu": False, "run_name": "r", "storage_path": "s",
+                     "max_failures": 3, "num_to_keep": 4}})
+    assert spec.device == "cpu"
+    assert (spec.qat.target.config, spec.qat.target.profile, spec.qat.target.calib_images) == (
+        "uniform:W2A2", "tflite-int8", 64) and spec.qat.epochs == 2
+    assert spec.dqss.target.config == "uniform:W3A3" and spec.dqss.target.calib_images == 32
+    assert spec.scaling.model_dump() == {"workers": 2, "use_gpu": False, "run_name": "r", "storage_path": "s",
+                                         "max_failures": 3, "num_to_keep": 4}
+    assert spec.supernet.epochs == 1
+    # what a spec dumps is the new layout, and it loads back to the same spec
+    dumped = spec.model_dump()
+    assert "config" not in dumped["qat"] and "workers" not in dumped["supernet"]
+    assert validate_spec(dumped) == spec
+    # and overrides may use either spelling
+    assert validate_spec(apply_overrides({}, ["supernet.workers=1"])).scaling.workers == 1
+    assert validate_spec(apply_overrides({}, ["qat.target.config=uniform:W8A8"])).qat.target.config == "uniform:W8A8"
+
+
+def test_a_key_given_in_both_places_names_the_new_one():
+    with pytest.raises(ConfigError, match="'qat.config' moved to 'qat.target.config'"):
+        validate_spec({"qat": {"config": "uniform:W2A2", "target": {"config": "uniform:W4A4"}}})
+    with pytest.raises(ConfigError, match="'supernet.workers' moved to 'scaling.workers'"):
+        validate_spec({"supernet": {"workers": 2}, "scaling": {"workers": 1}})
+    from quantsearch.config import SupernetSpec, make_section
+
+    with pytest.raises(ConfigError, match="scaling.workers"):
+        make_section(SupernetSpec, "supernet", workers=2)  # the section alone cannot move it
+
+
+def test_unknown_keys_suggest_old_and_new_names():
+    with pytest.raises(ConfigError, match="unknown key 'qat.confg' \\(did you mean 'config'\\?\\)"):
+        validate_spec({"qat": {"confg": "uniform:W4A4"}})
+    with pytest.raises(ConfigError, match="unknown key 'scaling.worker' \\(did you mean 'workers'\\?\\)"):
+        validate_spec({"scaling": {"worker": 2}})
+
+
+def test_calibrator_names_come_from_the_registry():
+    from quantsearch.config import DQSSSpec, SupernetSpec
+    from quantsearch.quant import CALIBRATORS
+
+    assert set(DQSSSpec().candidates) <= set(CALIBRATORS)
+    with pytest.raises(ConfigError, match="dqss.candidates.*did you mean 'admm'"):
+        validate_spec({"dqss": {"candidates": ["maxabs", "adm"]}})
+    with pytest.raises(ConfigError, match="searches a layer's output"):
+        validate_spec({"supernet": {"init_calibrator": "easyquant"}})
+    assert SupernetSpec(init_calibrator="torchao-minmax").init_calibrator == "torchao-minmax"
+
+
+def test_fp32_checkpoint_is_the_stage_s_or_the_job_s():
+    spec = validate_spec({"output_dir": "out", "dqss": {"checkpoint": "x/model.pt"}})
+    assert spec.fp32_checkpoint() == Path("out/fp32/model.pt") == spec.fp32_checkpoint("supernet")
+    assert spec.fp32_checkpoint("dqss") == Path("x/model.pt") and spec.fp32_checkpoint("qat") == spec.fp32_checkpoint()

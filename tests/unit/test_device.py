@@ -7,7 +7,7 @@ import contextlib
 import pytest
 import torch
 from quantsearch.device import model_device, resolve_device
-from quantsearch.dqss.search import ActMix, Mixer, WeightMix
+from quantsearch.dqss import ActMix, WeightMix
 from quantsearch.errors import ConfigError
 from quantsearch.models import create
 from quantsearch.quant import QuantForm, QuantPolicy, convert
@@ -59,7 +59,7 @@ def test_dqss_mixture_forward_and_backward_never_sync():
     af, wf = QuantForm(4, "per_tensor", False), QuantForm(4, "per_channel", False)
     act = ActMix(af, False, [torch.tensor([0.1]), torch.tensor([0.2])], [torch.tensor([3.0]), torch.tensor([1.0])], 1.0)
     w = WeightMix(wf, [torch.full((8,), 0.01), torch.full((8,), 0.02)], [torch.zeros(8), torch.ones(8)], 1.0)
-    conv.mixer = Mixer(act, w, "0")
+    conv.swap_quantizers(act, w)  # what DQSS does while it searches
     act.scales.requires_grad_(True)
     x = torch.randn(2, 3, 6, 6, requires_grad=True)
     with no_host_sync():
@@ -85,9 +85,9 @@ def test_mixers_keep_their_zero_points_as_buffers():
     af, wf = QuantForm(4, "per_tensor", False), QuantForm(4, "per_channel", False)
     act = ActMix(af, False, [torch.tensor([0.1]), torch.tensor([0.2])], [torch.tensor([3.0]), torch.tensor([1.0])], 1.0)
     w = WeightMix(wf, [torch.full((8,), 0.01), torch.full((8,), 0.02)], [torch.zeros(8), torch.ones(8)], 1.0)
-    m = Mixer(act, w, "x").to("meta")
-    assert "act.zps" in m.state_dict() and "weight.zps" in m.state_dict()
-    assert m.act.zps.device.type == "meta" and m.weight.zps.device.type == "meta"
+    act, w = act.to("meta"), w.to("meta")
+    assert "zps" in act.state_dict() and "zps" in w.state_dict()
+    assert act.zps.device.type == "meta" and w.zps.device.type == "meta"
 
 
 def test_calibrators_create_constants_on_the_input_device():

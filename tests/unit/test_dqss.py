@@ -2,22 +2,21 @@ import json
 
 import pytest
 import torch
-from quantsearch.config import JobSpec, QATSpec
+from quantsearch.config import DQSSSpec, JobSpec, QuantTarget
 from quantsearch.data import PreparedData, split_train_val
 from quantsearch.dqss import (
-    QATSchedule,
+    Strategy,
     build_from_strategy,
-    load_strategy,
     mix_quant,
     naive_mixed_forward,
-    run_dqss_ptq,
-    run_dqss_qat,
+    run_dqss,
     shared_input_groups,
 )
 from quantsearch.errors import ConfigError
 from quantsearch.models import create
 from quantsearch.quant import QuantForm, QuantPolicy, convert, grid_for
-from quantsearch.train import evaluate, load_checkpoint, load_model, train_fp32
+from quantsearch.space import load_model
+from quantsearch.train import evaluate, load_checkpoint, train_fp32
 from torch import nn
 
 
@@ -79,17 +78,23 @@ def tiny(tmp_path_factory, synthetic):
     return out, data
 
 
+def _ptq(config="uniform:W4A4", **kw):
+    return DQSSSpec(mode="ptq", target=QuantTarget(config=config, calib_images=128), **kw)
+
+
 def test_dqss_ptq_writes_strategy_and_rebuilds(tiny):
     out, data = tiny
-    qat = QATSpec(config="uniform:W3A3", calib_images=128)
-    res = run_dqss_ptq(out / "fp32" / "model.pt", data, qat, out / "dqss", iters=20, lr=0.1, batch_size=64,
-                       easyquant_steps=10)
-    st = load_strategy(res.strategy_path)
-    assert st["mode"] == "ptq" and set(st["candidates"]) == {"maxabs", "kl", "easyquant", "admm"}
-    layer = next(iter(st["layers"].values()))
-    assert layer["activation"] in st["candidates"] and abs(sum(layer["p"]) - 1) < 1e-5
+    spec = _ptq("uniform:W3A3", iters=20, lr=0.1, batch_size=64, easyquant_steps=10)
+    res = run_dqss(spec, out / "fp32" / "model.pt", data, out / "dqss")
+    st = Strategy.load(res.strategy_path)
+    assert st == res.strategy and st.choices() == res.choices
+    raw = json.loads(res.strategy_path.read_text())  # the file layout strategy.json has always had
+    assert list(raw) == ["format", "mode", "config", "candidates", "weights", "input_shape", "search", "layers"]
+    assert st.mode == "ptq" and set(st.candidates) == {"maxabs", "kl", "easyquant", "admm"}
+    layer = next(iter(st.values()))
+    assert layer.activation in st.candidates and abs(sum(layer.p) - 1) < 1e-5
     # the search moved away from uniform p somewhere
-    assert any(max(v["p"]) > 0.26 or max(v["q"]) > 0.26 for v in st["layers"].values())
+    assert any(max(v.p) > 0.26 or max(v.q) > 0.26 for v in st.values())
     model = load_model(load_checkpoint(out / "dqss" / "model.pt"))
     assert evaluate(model, data.test, data.mean, data.std).top1 == pytest.approx(res.test_acc)
     assert json.loads((out / "dqss" / "metrics.json").read_text())["test_acc"] == res.test_acc
@@ -98,12 +103,12 @@ def test_dqss_ptq_writes_strategy_and_rebuilds(tiny):
     assert evaluate(rebuilt, data.test, data.mean, data.std).top1 == pytest.approx(res.test_acc)
     # tied layers (same input tensor) chose the same activation algorithm and scale
     groups = {}
-    for v in st["layers"].values():
-        groups.setdefault(v["activation_group"], []).append(v)
+    for v in st.values():
+        groups.setdefault(v.activation_group, []).append(v)
     shared = [g for g in groups.values() if len(g) > 1]
     assert shared, "resnet8's downsample conv shares its block's input"
     for g in shared:
-        assert len({(v["activation"], v["activation_scale"], tuple(v["p"])) for v in g}) == 1
+        assert len({(v.activation, v.activation_scale, v.p) for v in g}) == 1
 
 
 def test_shared_input_groups_tie_residual_branches():
@@ -117,14 +122,14 @@ def test_shared_input_groups_tie_residual_branches():
 
 def test_dqss_qat_searches_finetunes_and_rebuilds(tiny):
     out, data = tiny
-    qat = QATSpec(config="uniform:W4A4", calib_images=128)
-    sch = QATSchedule(search_epochs=1.0, finetune_epochs=1.0, batch_size=64)
-    res = run_dqss_qat(out / "fp32" / "model.pt", data, qat, out / "dqss-qat", sch, easyquant_steps=10)
-    st = load_strategy(res.strategy_path)
-    assert st["mode"] == "qat" and st["weights"] == "model.pt"
-    assert st["search"]["search_steps"] == st["search"]["finetune_steps"] == len(data.train) // 64
+    spec = DQSSSpec(mode="qat", target=QuantTarget(config="uniform:W4A4", calib_images=128), search_epochs=1.0,
+                    finetune_epochs=1.0, batch_size=64, easyquant_steps=10)
+    res = run_dqss(spec, out / "fp32" / "model.pt", data, out / "dqss-qat")
+    st = Strategy.load(res.strategy_path)
+    assert st.mode == "qat" and st.weights == "model.pt"
+    assert st.search["search_steps"] == st.search["finetune_steps"] == len(data.train) // 64
     # alpha/beta moved during the joint pass
-    assert any(max(v["p"]) > 0.26 or max(v["q"]) > 0.26 for v in st["layers"].values())
+    assert any(max(v.p) > 0.26 or max(v.q) > 0.26 for v in st.values())
     fp32_acc = evaluate(load_model(load_checkpoint(out / "fp32" / "model.pt")), data.test, data.mean,
                         data.std).top1
     assert res.test_acc > fp32_acc - 0.1
@@ -132,11 +137,11 @@ def test_dqss_qat_searches_finetunes_and_rebuilds(tiny):
     assert evaluate(rebuilt, data.test, data.mean, data.std).top1 == pytest.approx(res.test_acc)
     # fine-tuning kept each shared input quantized once: tied layers end with the same input scale
     groups = {}
-    for v in st["layers"].values():
-        groups.setdefault(v["activation_group"], set()).add(v["activation_scale"])
+    for v in st.values():
+        groups.setdefault(v.activation_group, set()).add(v.activation_scale)
     assert any(len(g) == 1 for g in groups.values()) and all(len(g) == 1 for g in groups.values())
     # the same seed gives the same strategy and accuracy
-    res2 = run_dqss_qat(out / "fp32" / "model.pt", data, qat, out / "dqss-qat2", sch, easyquant_steps=10)
+    res2 = run_dqss(spec, out / "fp32" / "model.pt", data, out / "dqss-qat2")
     assert res2.test_acc == res.test_acc and res2.choices == res.choices
 
 
@@ -144,18 +149,16 @@ def test_strategy_file_errors_are_one_line(tmp_path):
     bad = tmp_path / "s.json"
     bad.write_text('{"format": "something-else"}')
     with pytest.raises(ConfigError, match="not a DQSS strategy file"):
-        load_strategy(bad)
+        Strategy.load(bad)
 
 
 def test_dqss_ptq_options_learn_scales_and_untie(tiny):
     out, data = tiny
-    qat = QATSpec(config="uniform:W4A4", calib_images=128)
     kw = {"iters": 10, "lr": 0.1, "batch_size": 64, "easyquant_steps": 10}
-    base = load_strategy(run_dqss_ptq(out / "fp32" / "model.pt", data, qat, out / "p0", **kw).strategy_path)
-    learned = load_strategy(run_dqss_ptq(out / "fp32" / "model.pt", data, qat, out / "p1", scale_lr=1e-3,
-                                         tie=False, **kw).strategy_path)
-    assert learned["search"]["scale_lr"] == 1e-3 and learned["search"]["tied_inputs"] is False
+    base = run_dqss(_ptq(**kw), out / "fp32" / "model.pt", data, out / "p0").strategy
+    learned = run_dqss(_ptq(scale_lr=1e-3, tie=False, **kw), out / "fp32" / "model.pt", data, out / "p1").strategy
+    assert learned.search["scale_lr"] == 1e-3 and learned.search["tied_inputs"] is False
     # every layer is its own activation group without tying, and the chosen scales moved with scale_lr > 0
-    assert all(v["activation_group"] == n for n, v in learned["layers"].items())
-    assert any(v["activation_group"] != n for n, v in base["layers"].items())
-    assert any(learned["layers"][n]["weight_scale"] != base["layers"][n]["weight_scale"] for n in base["layers"])
+    assert all(v.activation_group == n for n, v in learned.items())
+    assert any(v.activation_group != n for n, v in base.items())
+    assert any(learned[n].weight_scale != base[n].weight_scale for n in base)

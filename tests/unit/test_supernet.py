@@ -7,8 +7,8 @@ from quantsearch.quant import QuantPolicy, convert, get_profile
 from quantsearch.space import SearchSpace
 from quantsearch.supernet import (
     SandwichSampler,
-    build_run,
-    fit,
+    build_job_run,
+    fit_job,
     gpg_loss,
     load_state,
     net_forms,
@@ -96,13 +96,14 @@ def test_gpg_loss():
 
 
 def test_bn_recalibration_counts_images_and_averages():
+    from quantsearch.data import ArrayBatches
     from quantsearch.data.datasets import ArrayData
 
     model = nn.Sequential(nn.BatchNorm2d(1))
     imgs = torch.arange(300, dtype=torch.float32).reshape(300, 1, 1, 1).to(torch.uint8)
     data = ArrayData(imgs, torch.zeros(300, dtype=torch.long))
     model[0].running_mean.fill_(99.0)
-    used = recalibrate_bn(model, data, 0.0, 1.0, n_images=200, batch_size=64)
+    used = recalibrate_bn(model, ArrayBatches(data, 64, 0.0, 1.0), n_images=200)
     assert used == 200
     expected = (torch.arange(200, dtype=torch.float32) / 255.0).mean()
     assert model[0].running_mean.item() == pytest.approx(expected.item(), rel=1e-5)
@@ -125,7 +126,7 @@ def tiny_job(tmp_path_factory, synthetic):
 
 def test_sandwich_step_orders_chain_and_updates(tiny_job, monkeypatch):
     spec, data, fp32 = tiny_job
-    run = build_run(spec, data, fp32)
+    run = build_job_run(spec, data, fp32)
     import quantsearch.supernet.trainer as trainer
 
     seen = []
@@ -145,14 +146,14 @@ def test_sandwich_step_orders_chain_and_updates(tiny_job, monkeypatch):
 def test_resume_equals_uninterrupted(tiny_job):
     spec, data, fp32 = tiny_job
     sn = spec.supernet
-    full = fit(build_run(spec, data, fp32), data, sn)
+    full = fit_job(build_job_run(spec, data, fp32), data, sn)
     saved = {}
-    part = fit(build_run(spec, data, fp32), data, sn.model_copy(update={"epochs": 1}),
-               save=lambda r, m: saved.update(state_payload(r)))
+    part = fit_job(build_job_run(spec, data, fp32), data, sn.model_copy(update={"epochs": 1}),
+                   save=lambda r, m: saved.update(state_payload(r)))
     assert part.epoch == 1
-    resumed = build_run(spec, data, fp32)
+    resumed = build_job_run(spec, data, fp32)
     load_state(resumed, saved)
-    resumed = fit(resumed, data, sn)
+    resumed = fit_job(resumed, data, sn)
     for a, b in zip(full.history, resumed.history, strict=True):
         for k in a:
             if k.startswith("loss") or k.startswith("val"):
@@ -164,7 +165,7 @@ def test_resume_equals_uninterrupted(tiny_job):
 
 def test_uniform_table_and_files(tiny_job, tmp_path):
     spec, data, fp32 = tiny_job
-    run = build_run(spec, data, fp32)
+    run = build_job_run(spec, data, fp32)
     rows = uniform_table(run.model, run.space, data, spec.supernet)
     assert [r["config"] for r in rows] == ["W8A8", "W2A2"] and all(0 <= r["test_acc"] <= 1 for r in rows)
     assert rows[0]["test_acc"] > 0.5

@@ -60,8 +60,8 @@ def job(tmp_path, **sections):
 
 
 @pytest.mark.parametrize("sections, key", [
-    ({"qat": {"config": "uniform:W9A9"}}, "qat.config"),
-    ({"dqss": {"config": "uniform:W1A4"}}, "dqss.config"),
+    ({"qat": {"config": "uniform:W9A9"}}, "qat.target.config"),
+    ({"dqss": {"target": {"config": "uniform:W1A4"}}}, "dqss.target.config"),
     ({"supernet": {"table_bits": [8, 9]}}, "supernet.table_bits"),
 ])
 def test_bits_outside_2_to_8_in_spec(tmp_path, capsys, sections, key):
@@ -72,7 +72,7 @@ def test_bits_outside_2_to_8_in_spec(tmp_path, capsys, sections, key):
 
 def test_bits_outside_2_to_8_on_the_command_line(tmp_path, capsys, fp32):
     out = tmp_path / "out"
-    fails(capsys, ["qat", "--config", "uniform:W9A9", "--checkpoint", fp32, "--out", out], "qat.config", "2..8",
+    fails(capsys, ["qat", "--config", "uniform:W9A9", "--checkpoint", fp32, "--out", out], "qat.target.config", "2..8",
           absent=[out])
     fails(capsys, ["dqss", "--checkpoint", fp32, "--bits", "9", "--out", out], "--bits 9", "2..8", absent=[out])
     fails(capsys, ["calibrate", "--checkpoint", fp32, "--method", "maxabs", "--bits", "1", "--out", out],
@@ -81,9 +81,9 @@ def test_bits_outside_2_to_8_on_the_command_line(tmp_path, capsys, fp32):
 
 def test_missing_subnet_json(tmp_path, capsys, fp32):
     missing = tmp_path / "best.json"
-    fails(capsys, ["validate", job(tmp_path, dqss={"config": str(missing)})], "dqss.config", "does not exist",
+    fails(capsys, ["validate", job(tmp_path, dqss={"config": str(missing)})], "dqss.target.config", "does not exist",
           absent=[tmp_path / "run"])
-    fails(capsys, ["validate", job(tmp_path, qat={"config": str(missing)})], "qat.config", "does not exist")
+    fails(capsys, ["validate", job(tmp_path, qat={"config": str(missing)})], "qat.target.config", "does not exist")
     out = tmp_path / "out"
     fails(capsys, ["dqss", "--checkpoint", fp32, "--subnet", missing, "--out", out], "--subnet", "does not exist",
           absent=[out])
@@ -93,8 +93,8 @@ def test_missing_subnet_json(tmp_path, capsys, fp32):
 
 
 @pytest.mark.parametrize("sections, needles", [
-    ({"qat": {"profile": "tflite"}}, ["qat.profile", "did you mean 'tflite-int8'"]),
-    ({"dqss": {"profile": "generc"}}, ["dqss.profile", "did you mean 'generic'"]),
+    ({"qat": {"profile": "tflite"}}, ["qat.target.profile", "did you mean 'tflite-int8'"]),
+    ({"dqss": {"target": {"profile": "generc"}}}, ["dqss.target.profile", "did you mean 'generic'"]),
     ({"supernet": {"profile": "tensorrt"}}, ["supernet.profile", "did you mean 'tensorrt-int8'"]),
     ({"model": {"name": "resnet9"}}, ["model.name", "did you mean 'resnet8'"]),
     ({"model": {"name": "resnet18"}}, ["model.name", "did you mean 'tv:resnet18'"]),
@@ -164,11 +164,12 @@ def test_calib_images_above_the_train_split_cli(tmp_path, capsys, fp32, n_train)
                    str(n_train // 2 + 1), "--out", out], "--subsets", f"holds only {n_train}", absent=[out])
 
 
-@pytest.mark.parametrize("section", ["qat", "dqss", "supernet"])
-def test_calib_images_above_the_train_split_spec(tmp_path, capsys, section):
+@pytest.mark.parametrize("section, key", [("qat", "qat.target.calib_images"), ("dqss", "dqss.target.calib_images"),
+                                          ("supernet", "supernet.calib_images")])
+def test_calib_images_above_the_train_split_spec(tmp_path, capsys, section, key):
     spec = job(tmp_path, data={"name": "synthetic"}, **{section: {"calib_images": 100_000}})
-    fails(capsys, ["validate", spec], f"{section}.calib_images", "holds only", absent=[tmp_path / "run"])
-    fails(capsys, ["run", spec, "--quiet"], f"{section}.calib_images", absent=[tmp_path / "run"])
+    fails(capsys, ["validate", spec], key, "holds only", absent=[tmp_path / "run"])
+    fails(capsys, ["run", spec, "--quiet"], key, absent=[tmp_path / "run"])
 
 
 def test_calib_images_default_and_supernet_subset(tmp_path, capsys):

@@ -67,8 +67,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import torch
 
     from quantsearch.data import prepare_data
-    from quantsearch.supernet.local import supernet_payload
-    from quantsearch.supernet.trainer import build_run, fit, load_state, supernet_data
+    from quantsearch.supernet.job import build_job_run, fit_job, supernet_data, supernet_payload
+    from quantsearch.supernet.trainer import load_state
     from quantsearch.train.checkpoint import load_checkpoint, save_checkpoint
 
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
@@ -79,7 +79,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     data = supernet_data(spec, prepare_data(spec.data))
     fp32 = load_checkpoint(config["fp32_path"], kind="fp32")
     # Ray assigns each worker its device (cuda:<local rank> with use_gpu, else cpu): gradients all-reduce there
-    run = build_run(spec, data, fp32, world, device=ray.train.torch.get_device())
+    run = build_job_run(spec, data, fp32, world, device=ray.train.torch.get_device())
     restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
@@ -104,23 +104,28 @@ def _worker_loop(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
         _maybe_inject_fault(config.get("fault"), rank, int(metrics["epoch"]))
 
-    fit(run, data, sn, rank, world, sync_grads=_allreduce_grads if world > 1 else None, save=save)
+    fit_job(run, data, sn, rank, world, sync_grads=_allreduce_grads if world > 1 else None, save=save)
 
 
-def train_supernet_ray(spec: JobSpec, fp32_path: Path, out_dir: Path, workers: int, use_gpu: bool = False,
-                       run_id: str | None = None, tracking_uri: str | None = None,
+def train_supernet_ray(spec: JobSpec, fp32_path: Path, out_dir: Path, workers: int | None = None,
+                       use_gpu: bool | None = None, run_id: str | None = None, tracking_uri: str | None = None,
                        address: str | None = None) -> RayTrainResult:
-    """Run the supernet loop on `workers` Ray Train workers; the same run name resumes."""
+    """Run the supernet loop on Ray Train as `spec.scaling` says (`workers` / `use_gpu` override it); the same
+    run name resumes."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from quantsearch.distributed.ray_env import init_ray
 
-    sn = spec.supernet or SupernetSpec()
+    sc = spec.scaling
+    workers = sc.workers if workers is None else workers
+    use_gpu = sc.use_gpu if use_gpu is None else use_gpu
+    if workers < 1:
+        raise QuantsearchError("Ray Train needs scaling.workers >= 1 (0 trains in-process: --local)")
     init_ray(address)
-    storage = Path(sn.storage_path or Path(spec.output_dir) / "ray").resolve()
+    storage = Path(sc.storage_path or Path(spec.output_dir) / "ray").resolve()
     storage.mkdir(parents=True, exist_ok=True)
-    name = sn.run_name or f"{spec.name}-supernet"
+    name = sc.run_name or f"{spec.name}-supernet"
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"spec": spec.model_dump(), "fp32_path": str(Path(fp32_path).resolve()),
@@ -128,8 +133,8 @@ def train_supernet_ray(spec: JobSpec, fp32_path: Path, out_dir: Path, workers: i
                            "fault": os.environ.get(FAULT_ENV)},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
         run_config=RunConfig(name=name, storage_path=str(storage),
-                             failure_config=FailureConfig(max_failures=sn.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=sn.num_to_keep)),
+                             failure_config=FailureConfig(max_failures=sc.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=sc.num_to_keep)),
     )
     try:
         result = trainer.fit()

@@ -30,7 +30,7 @@ def _trial(config: dict[str, Any]) -> None:
     import torch
 
     from quantsearch.data import calibration_subsets, prepare_data
-    from quantsearch.dqss import run_dqss_ptq
+    from quantsearch.dqss import run_dqss
 
     torch.set_num_threads(1)
     data = prepare_data(DataSpec.model_validate(config["data"]))
@@ -38,10 +38,8 @@ def _trial(config: dict[str, Any]) -> None:
     subset = calibration_subsets(data.train, k, config["n"], config["seed"])[idx]
     out = Path(config["out"]) / f"subset{idx}"
     spec = DQSSSpec.model_validate(config["dqss"])
-    res = run_dqss_ptq(config["fp32"], data, spec.qat_spec(), out, iters=spec.iters, lr=spec.arch_lr(),
-                       batch_size=spec.batch_size, temperature=spec.temperature, seed=config["seed"] + idx,
-                       calib=subset, easyquant_steps=spec.easyquant_steps, tie=spec.tie, scale_lr=spec.scales_lr(),
-                       device=config.get("device", "cpu"))
+    res = run_dqss(spec, config["fp32"], data, out, seed=config["seed"] + idx, device=config.get("device", "cpu"),
+                   calib=subset)
     ray.tune.report({"val_acc": res.val_acc, "test_acc": res.test_acc, "index": idx,
                      "strategy": str(res.strategy_path), "search_seconds": res.search_seconds})
 
@@ -54,27 +52,25 @@ def dqss_over_subsets(fp32_path: str | Path, data_spec: DataSpec, dqss: DQSSSpec
     from ray import tune
 
     from quantsearch._util import atomic_write_json
-    from quantsearch.data import batches, calibration_subsets, prepare_data
+    from quantsearch.data import ArrayBatches, calibration_subsets, prepare_data
     from quantsearch.device import resolve_device
     from quantsearch.distributed.ray_env import init_ray
+    from quantsearch.dqss import Strategy, shared_input_groups
     from quantsearch.dqss.combine import agreement, combined_choice, heatmap
-    from quantsearch.dqss.run import load_strategy
-    from quantsearch.dqss.search import shared_input_groups
-    from quantsearch.quant.methods import calibrate_active
-    from quantsearch.space import set_config
+    from quantsearch.quant import calibrate_active
+    from quantsearch.space import quantized_model, resolve_config, set_config
     from quantsearch.train.checkpoint import load_checkpoint
-    from quantsearch.train.loop import evaluate
-    from quantsearch.train.qat import quantized_model, resolve_config
+    from quantsearch.train.loop import evaluate, val_top1
 
     dev = resolve_device(device)
-    k, qat = dqss.subsets, dqss.qat_spec()
+    k, target = dqss.subsets, dqss.target
     if k < 1:
         raise QuantsearchError("dqss.subsets must be >= 1 to search over calibration subsets")
     out_dir = Path(out_dir).resolve()
     data = prepare_data(data_spec)
-    calibration_subsets(data.train, k, qat.calib_images, seed)  # fails early, in one line, if they do not fit
+    calibration_subsets(data.train, k, target.calib_images, seed)  # fails early, in one line, if they do not fit
     init_ray(address)
-    space = {"index": tune.grid_search(list(range(k))), "k": k, "n": qat.calib_images, "seed": seed,
+    space = {"index": tune.grid_search(list(range(k))), "k": k, "n": target.calib_images, "seed": seed,
              "data": data_spec.model_dump(), "fp32": str(Path(fp32_path).resolve()),
              "out": str(out_dir), "dqss": dqss.model_dump(), "device": "cuda" if dev.type == "cuda" else "cpu"}
     resources = {"cpu": 1, "gpu": 1.0 / k} if dev.type == "cuda" else {"cpu": 1}
@@ -86,23 +82,23 @@ def dqss_over_subsets(fp32_path: str | Path, data_spec: DataSpec, dqss: DQSSSpec
     if grid.errors:
         raise QuantsearchError(f"{len(grid.errors)} DQSS trial(s) failed: {str(grid.errors[0]).splitlines()[0]}")
     trials = sorted((dict(r.metrics) for r in grid), key=lambda m: m["index"])
-    strategies = [load_strategy(t["strategy"]) for t in trials]
+    strategies = [Strategy.load(t["strategy"]) for t in trials]
     agree = agreement(strategies)
     combined = combined_choice(strategies)
     fp32 = load_checkpoint(fp32_path, kind="fp32")
     model = quantized_model(fp32, data.example(seed), dev)
-    set_config(model, resolve_config(qat, model))
-    calib = calibration_subsets(data.train, k, qat.calib_images, seed)[0]
+    set_config(model, resolve_config(target, model))
+    calib = calibration_subsets(data.train, k, target.calib_images, seed)[0]
     # one scale per shared input tensor: a block's conv and its shortcut read one tensor (the alpha group)
     groups = shared_input_groups(model, data.example(seed)) if dqss.tie else None
-    calibrate_active(model, [x for x, _ in batches(calib, 256, data.mean, data.std)], combined,
+    calibrate_active(model, ArrayBatches(calib, 256, data.mean, data.std), combined,
                      easyquant_steps=dqss.easyquant_steps, groups=groups)
-    val = evaluate(model, data.val, data.mean, data.std).top1 if len(data.val) else float("nan")
+    val = val_top1(model, data)
     test = evaluate(model, data.test, data.mean, data.std).top1
     png = heatmap(strategies, out_dir / "strategy_heatmap.png")
     summary = out_dir / "subsets.json"
     atomic_write_json(summary, {
-        "k": k, "calib_images": qat.calib_images, "config": qat.config,
+        "k": k, "calib_images": target.calib_images, "config": target.config,
         "trials": [{key: t[key] for key in ("index", "val_acc", "test_acc", "search_seconds", "strategy")}
                    for t in trials],
         "agreement": agree, "combined": {n: {"activation": a, "weight": w} for n, (a, w) in combined.items()},

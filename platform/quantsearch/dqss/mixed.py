@@ -16,7 +16,7 @@ from quantsearch.quant.fakequant import _reduce
 
 
 def _codes(x: torch.Tensor, scales: torch.Tensor, zps: torch.Tensor | None, qmin: int, qmax: int,
-           shape: tuple[int, ...], need_mask: bool = True):  # noqa: ANN202 - generator
+           shape: tuple[int, ...], need_mask: bool = True):
     """Per candidate i: (s_i, z_i, q_i, mask_i as 0./1.) with q_i = clamp(round(x/s_i) + z_i, qmin, qmax) on the integer
     grid (Q_i(x) = (q_i - z_i) * s_i), as fakequant._forward_with_mask computes it. All branches share ONE set
     of work buffers (each yield is overwritten by the next): fresh multi-MB buffers cost page faults that made
@@ -52,7 +52,7 @@ class _Mixture(torch.autograd.Function):
     <g, Q_i(x)> = s_i (<g, q_i> - z_i sum(g)), which skips two passes over x per branch."""
 
     @staticmethod
-    def forward(ctx, x, p, scales, zps, qmin, qmax, shape):  # noqa: ANN001, ANN205
+    def forward(ctx, x, p, scales, zps, qmin, qmax, shape):
         out = torch.zeros_like(x)
         offset = None
         # the weights p_i stay on the device (addcmul with a 0-d tensor): no host sync in the forward
@@ -70,7 +70,7 @@ class _Mixture(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
+    def backward(ctx, grad):
         x, p, scales, zps = ctx.saved_tensors
         qmin, qmax, shape, has_zp = ctx.meta
         grad = grad.contiguous()

@@ -1,25 +1,23 @@
-"""DQSS search: candidate scales from every calibrator, a mixer per layer (alpha, beta), PTQ training of the
-mixture weights against the FP32 logits, argmax -> strategy."""
+"""DQSS mixers: the candidates' scales for each layer, and the mixture modules that stand in for a layer's
+quantizers while DQSS searches (alpha over an input tensor's candidates, beta over a weight's)."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantsearch.data import ArrayData, batches
 from quantsearch.device import model_device
 from quantsearch.dqss.mixed import mix_quant
+from quantsearch.quant.calibrate import calibrate_active
 from quantsearch.quant.convert import quant_layers
 from quantsearch.quant.fakequant import grad_scale, lsq_grad_factor
 from quantsearch.quant.forms import QuantForm, grid_for
-from quantsearch.quant.methods import calibrate_active
 
-STRATEGIES = ("maxabs", "kl", "easyquant", "admm")
+# per layer: "a_scale", "a_zp", "w_scale", "w_zp" -> one tensor (or None: symmetric) per candidate
+Candidates = dict[str, dict[str, list[torch.Tensor | None]]]
 
 
 class ActMix(nn.Module):
@@ -76,33 +74,27 @@ class WeightMix(nn.Module):
         return mix_quant(w, self.probs(), s, self.zps, qmin, qmax, per_channel=self.form.per_channel)
 
 
-class Mixer(nn.Module):
-    """A quantized layer's strategy mixture: its (possibly shared) ActMix and its own WeightMix."""
+@dataclass(frozen=True)
+class Mixer:
+    """A quantized layer's strategy mixture while DQSS runs: its input quantizer is swapped for `act` (an ActMix,
+    shared by the layers reading one tensor) and its weight quantizer for `weight`; `replaced` holds the
+    (input, weight) quantizers they stand in for, put back by `detach_mixers`."""
 
-    def __init__(self, act: ActMix, weight: WeightMix, group: str) -> None:
-        super().__init__()
-        self.act, self.weight = act, weight
-        self.group = group  # the first layer reading the same input tensor (itself when not shared)
+    act: ActMix
+    weight: WeightMix
+    group: str  # the first layer reading the same input tensor (itself when not shared)
+    replaced: tuple[nn.Module, nn.Module]
 
     def probs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(p, q) = softmax(alpha/T), softmax(beta/T)."""
         return self.act.probs(), self.weight.probs()
 
-    def forward(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """One convolution of the mixed input with the mixed weight."""
-        xm, wm = self.act(x), self.weight(layer.weight)
-        if isinstance(layer, nn.Conv2d):
-            return layer._conv_forward(xm, wm, layer.bias)
-        return F.linear(xm, wm, layer.bias)
 
-
-def candidate_scales(model: nn.Module, inputs: list[torch.Tensor], strategies: tuple[str, ...] = STRATEGIES,
-                     easyquant_steps: int = 100, easyquant_rounds: int = 2
-                     ) -> dict[str, dict[str, list[torch.Tensor | None]]]:
-    """Per layer, the active forms' scales (and zero points) each strategy calibrates."""
-    out: dict[str, dict[str, list[torch.Tensor | None]]] = {
-        n: {"a_scale": [], "a_zp": [], "w_scale": [], "w_zp": []} for n in quant_layers(model)}
-    for method in strategies:
+def candidate_scales(model: nn.Module, inputs: list[torch.Tensor], candidates: tuple[str, ...],
+                     easyquant_steps: int = 100, easyquant_rounds: int = 2) -> Candidates:
+    """Per layer, the active forms' scales (and zero points) each candidate calibrator sets on `inputs`."""
+    out: Candidates = {n: {"a_scale": [], "a_zp": [], "w_scale": [], "w_zp": []} for n in quant_layers(model)}
+    for method in candidates:
         calibrate_active(model, inputs, (method, method), easyquant_steps=easyquant_steps,
                          easyquant_rounds=easyquant_rounds)
         for name, layer in quant_layers(model).items():
@@ -123,7 +115,7 @@ def shared_input_groups(model: nn.Module, example: torch.Tensor) -> dict[str, st
     keep: list[torch.Tensor] = []  # hold the inputs so no id() is reused within the forward
     leader: dict[str, str] = {}
 
-    def hook(name: str):  # noqa: ANN202
+    def hook(name: str):
         def pre(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             keep.append(args[0])
             leader[name] = seen.setdefault(id(args[0]), name)
@@ -142,17 +134,19 @@ def shared_input_groups(model: nn.Module, example: torch.Tensor) -> dict[str, st
     return {n: leader.get(n, n) for n in layers}
 
 
-def attach_mixers(model: nn.Module, cands: dict[str, dict[str, list[torch.Tensor | None]]],
-                  temperature: float = 1.0, groups: dict[str, str] | None = None) -> dict[str, Mixer]:
-    """Give every quantized layer a Mixer (its forward then runs the mixture).
+def attach_mixers(model: nn.Module, cands: Candidates, temperature: float = 1.0,
+                  groups: dict[str, str] | None = None) -> dict[str, Mixer]:
+    """Swap every quantized layer's input and weight quantizers for mixtures of the candidates' scales (its
+    forward then runs x~ = sum_i p_i Q(x; s_i), W~ = sum_j q_j Q(W; t_j), one convolution).
 
     Layers in one group (same input tensor, same activation form) share ONE ActMix: one alpha and the group
     leader's activation candidates, so the tensor is quantized once, as a deployed graph would.
     """
     mixers: dict[str, Mixer] = {}
-    layers = quant_layers(model)
-    for name, layer in layers.items():
+    for name, layer in quant_layers(model).items():
         cfg = layer.layer_config()
+        if cfg is None:
+            raise ValueError(f"layer {name} has no active config; set one before attaching mixers")
         lead = (groups or {}).get(name, name)
         if lead != name and lead in mixers and mixers[lead].act.form == cfg.activation:
             act = mixers[lead].act
@@ -161,8 +155,9 @@ def attach_mixers(model: nn.Module, cands: dict[str, dict[str, list[torch.Tensor
             c = cands[name]
             act = ActMix(cfg.activation, layer.aq.nonneg, c["a_scale"], c["a_zp"], temperature)
         c = cands[name]
-        layer.mixer = Mixer(act, WeightMix(cfg.weight, c["w_scale"], c["w_zp"], temperature), lead)
-        mixers[name] = layer.mixer
+        weight = WeightMix(cfg.weight, c["w_scale"], c["w_zp"], temperature).to(layer.weight.device)
+        replaced = layer.swap_quantizers(act.to(layer.weight.device), weight)
+        mixers[name] = Mixer(act, weight, lead, replaced)
     return mixers
 
 
@@ -178,114 +173,8 @@ def mixer_params(mixers: dict[str, Mixer]) -> tuple[list[nn.Parameter], list[nn.
     return list(arch.values()), list(scales.values())
 
 
-def detach_mixers(model: nn.Module) -> None:
-    """Remove the mixers: layers quantize with their own active scales again."""
-    for layer in quant_layers(model).values():
-        if "mixer" in layer._modules:  # type: ignore[attr-defined]
-            del layer._modules["mixer"]  # type: ignore[attr-defined]
-
-
-@dataclass(frozen=True)
-class SearchLog:
-    """Loss trace and time of a search."""
-
-    losses: list[float]
-    seconds: float
-
-
-def train_mixers_ptq(model: nn.Module, teacher: nn.Module, mixers: dict[str, Mixer], calib: ArrayData, mean: float,
-                     std: float, iters: int, lr: float, batch_size: int, seed: int, ce_weight: float = 0.0,
-                     scale_lr: float = 0.0) -> SearchLog:
-    """PTQ: alpha/beta learn (weights and BN frozen, eval mode), and the candidate scales too when scale_lr > 0;
-    loss = KL to the FP32 logits (+ ce_weight * CE)."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params, scales = mixer_params(mixers)
-    for t in params:
-        t.requires_grad_(True)
-    for t in scales:
-        t.requires_grad_(scale_lr > 0)
-    groups = [{"params": params, "lr": lr}]
-    if scale_lr > 0:
-        groups.append({"params": scales, "lr": scale_lr})
-    opt = torch.optim.Adam(groups)
-    model.eval()
-    teacher.eval()
-    device = model_device(model)
-    gen = torch.Generator().manual_seed(seed)
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    step = 0
-    while step < iters:
-        for x, y in batches(calib, batch_size, mean, std, shuffle=True, generator=gen):
-            x, y = x.to(device), y.to(device)
-            with torch.no_grad():
-                t = teacher(x)
-            s = model(x)
-            loss = F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), reduction="batchmean", log_target=True)
-            if ce_weight > 0:
-                loss = loss + ce_weight * F.cross_entropy(s, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            step += 1
-            if step >= iters:
-                break
-    return SearchLog(losses, time.perf_counter() - t0)
-
-
-@torch.no_grad()
-def choose(mixers: dict[str, Mixer], strategies: tuple[str, ...] = STRATEGIES) -> dict[str, dict[str, Any]]:
-    """argmax per layer: chosen algorithms, their scales and the final p and q."""
-    out = {}
+def detach_mixers(model: nn.Module, mixers: dict[str, Mixer]) -> None:
+    """Put back the quantizers the mixers replaced: layers quantize with their own active scales again."""
+    layers = quant_layers(model)
     for name, m in mixers.items():
-        p, q = m.probs()
-        i, j = int(p.argmax()), int(q.argmax())
-        a, w = m.act, m.weight
-        out[name] = {
-            "activation": strategies[i], "weight": strategies[j], "activation_group": m.group,
-            "activation_unsigned": a.nonneg,
-            "activation_scale": float(a.scales[i].abs()),
-            "activation_zero_point": None if a.zps is None else float(a.zps[i]),
-            "weight_scale": w.scales[j].abs().reshape(-1).tolist(),
-            "weight_zero_point": None if w.zps is None else w.zps[j].reshape(-1).tolist(),
-            "p": [round(float(v), 6) for v in p], "q": [round(float(v), 6) for v in q],
-        }
-    return out
-
-
-def share_input_quantizers(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
-    """Layers of one activation group use the group leader's input quantizer (one module), so fine-tuning
-    keeps a shared tensor quantized once."""
-    qlayers = quant_layers(model)
-    for name, layer in qlayers.items():
-        lead = layers[name].get("activation_group", name)
-        if lead != name and qlayers[lead].aq.form == layer.aq.form:
-            layer.aq = qlayers[lead].aq
-
-
-@torch.no_grad()
-def read_scales(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
-    """Refresh a strategy's scales from the model's active forms (after QAT fine-tuning moved them)."""
-    for name, layer in quant_layers(model).items():
-        cfg = layer.layer_config()
-        s, z = layer.aq.qparams(cfg.activation)
-        layers[name]["activation_scale"] = float(s.abs().reshape(()))
-        layers[name]["activation_zero_point"] = None if z is None else float(z.round().reshape(()))
-        s, z = layer.wq.qparams(cfg.weight)
-        layers[name]["weight_scale"] = s.abs().reshape(-1).tolist()
-        layers[name]["weight_zero_point"] = None if z is None else z.round().reshape(-1).tolist()
-
-
-def apply_strategy(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
-    """Write a strategy's chosen scales into the active forms of a converted model (config already set)."""
-    for name, layer in quant_layers(model).items():
-        st = layers[name]
-        cfg = layer.layer_config()
-        layer.aq.nonneg = bool(st["activation_unsigned"])
-        az = st["activation_zero_point"]
-        layer.aq.set_qparams(cfg.activation, torch.tensor([st["activation_scale"]]),
-                             None if az is None else torch.tensor([az]))
-        wz = st["weight_zero_point"]
-        layer.wq.set_qparams(cfg.weight, torch.tensor(st["weight_scale"]), None if wz is None else torch.tensor(wz))
+        layers[name].swap_quantizers(*m.replaced)

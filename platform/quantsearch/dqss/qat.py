@@ -7,18 +7,19 @@ Loss in both phases: CE on the labels + kd_weight * KL(FP32 logits || quantized 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantsearch.data import ArrayData, batches
+from quantsearch.data.loader import Batch, split_batch
 from quantsearch.device import model_device
-from quantsearch.dqss.search import Mixer, mixer_params
+from quantsearch.dqss.mixers import Mixer, mixer_params
+from quantsearch.errors import ConfigError
+from quantsearch.quant.convert import split_params
 from quantsearch.train.optim import make_scheduler
-from quantsearch.train.qat import split_params
 
 
 @dataclass(frozen=True)
@@ -29,15 +30,24 @@ class PhaseLog:
     seconds: float
 
 
-def steps_for(epochs: float, n: int, batch_size: int) -> int:
-    """Optimizer steps in `epochs` (fractions allowed) passes over n images."""
-    return max(1, round(epochs * -(-n // batch_size)))
+def steps_for(epochs: float, batches: Iterable[Batch]) -> int:
+    """Optimizer steps in `epochs` (fractions allowed) passes over `batches` (its len(), else one pass counted)."""
+    try:
+        per_epoch = len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        per_epoch = sum(1 for _ in batches)
+    return max(1, round(epochs * per_epoch))
 
 
-def _stream(data: ArrayData, batch_size: int, mean: float, std: float, gen: torch.Generator
-            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _cycle(batches: Iterable[Batch]) -> Iterator[Batch]:
+    """Pass after pass over `batches` (each pass a new iter(): a shuffling loader reshuffles)."""
     while True:
-        yield from batches(data, batch_size, mean, std, shuffle=True, generator=gen)
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise ConfigError("DQSS got no batches; pass a non-empty iterable of (x, y) batches")
 
 
 def _distill_ce(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, kd_weight: float) -> torch.Tensor:
@@ -48,16 +58,18 @@ def _distill_ce(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, k
     return loss
 
 
-def _run(model: nn.Module, teacher: nn.Module, data: ArrayData, mean: float, std: float,
-         opt: torch.optim.Optimizer, steps: int, batch_size: int, gen: torch.Generator, kd_weight: float,
-         on_step: Callable[[int, float], None] | None) -> PhaseLog:
+def _run(model: nn.Module, teacher: nn.Module, batches: Iterable[Batch], opt: torch.optim.Optimizer, steps: int,
+         kd_weight: float, on_step: Callable[[int, float], None] | None) -> PhaseLog:
     sched = make_scheduler(opt, "cosine", steps)
     model.train()
     teacher.eval()
     device = model_device(model)
     losses: list[float] = []
     t0 = time.perf_counter()
-    for step, (x, y) in zip(range(steps), _stream(data, batch_size, mean, std, gen), strict=False):
+    for step, batch in zip(range(steps), _cycle(batches), strict=False):
+        x, y = split_batch(batch)
+        if y is None:
+            raise ConfigError("DQSS in QAT mode trains on labels: pass (x, y) batches")
         x, y = x.to(device), y.to(device)
         with torch.no_grad():
             t = teacher(x) if kd_weight > 0 else x.new_zeros(())
@@ -73,13 +85,12 @@ def _run(model: nn.Module, teacher: nn.Module, data: ArrayData, mean: float, std
 
 
 def _network_weights(model: nn.Module) -> list[nn.Parameter]:
-    """Conv/linear weights, biases and BN affine -- not quantizer tables, not the mixers."""
-    return [p for n, p in model.named_parameters() if not any(k in n for k in (".aq.", ".wq.", ".mixer."))]
+    """Conv/linear weights, biases and BN affine -- not the quantizers or the mixtures standing in for them."""
+    return [p for n, p in model.named_parameters() if not any(k in n for k in (".aq.", ".wq."))]
 
 
-def search_qat(model: nn.Module, teacher: nn.Module, mixers: dict[str, Mixer], data: ArrayData, mean: float,
-               std: float, steps: int, lr: float, scale_lr: float, arch_lr: float, batch_size: int,
-               gen: torch.Generator, kd_weight: float = 1.0,
+def search_qat(model: nn.Module, teacher: nn.Module, mixers: dict[str, Mixer], batches: Iterable[Batch], steps: int,
+               lr: float, scale_lr: float, arch_lr: float, kd_weight: float = 1.0,
                on_step: Callable[[int, float], None] | None = None) -> PhaseLog:
     """One loss, one backward per step; parameter groups: network weights (lr), candidate scales (scale_lr),
     alpha/beta (arch_lr); all cosine-decayed."""
@@ -92,11 +103,11 @@ def search_qat(model: nn.Module, teacher: nn.Module, mixers: dict[str, Mixer], d
     opt = torch.optim.AdamW([{"params": weights, "lr": lr, "weight_decay": 0.0},
                              {"params": scales, "lr": scale_lr, "weight_decay": 0.0},
                              {"params": arch, "lr": arch_lr, "weight_decay": 0.0}])
-    return _run(model, teacher, data, mean, std, opt, steps, batch_size, gen, kd_weight, on_step)
+    return _run(model, teacher, batches, opt, steps, kd_weight, on_step)
 
 
-def finetune_fixed(model: nn.Module, teacher: nn.Module, data: ArrayData, mean: float, std: float, steps: int,
-                   lr: float, scale_lr: float, batch_size: int, gen: torch.Generator, kd_weight: float = 1.0,
+def finetune_fixed(model: nn.Module, teacher: nn.Module, batches: Iterable[Batch], steps: int, lr: float,
+                   scale_lr: float, kd_weight: float = 1.0,
                    on_step: Callable[[int, float], None] | None = None) -> PhaseLog:
     """LSQ fine-tuning of the argmax strategy (mixers detached): weights and the chosen scales/offsets."""
     for p in model.parameters():
@@ -104,4 +115,4 @@ def finetune_fixed(model: nn.Module, teacher: nn.Module, data: ArrayData, mean: 
     weights, quant = split_params(model)
     opt = torch.optim.AdamW([{"params": weights, "lr": lr, "weight_decay": 0.0},
                              {"params": quant, "lr": scale_lr, "weight_decay": 0.0}])
-    return _run(model, teacher, data, mean, std, opt, steps, batch_size, gen, kd_weight, on_step)
+    return _run(model, teacher, batches, opt, steps, kd_weight, on_step)

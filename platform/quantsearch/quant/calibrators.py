@@ -3,7 +3,8 @@
 Every calibrator answers `scale_offset(x, form, nonneg, kind)`: x is the tensor to quantize (weights: [C_out, ...];
 activations: a flat sample of observed values); kind is "weight" or "activation" (None: weight when per-channel).
 Constants are created on x's device. It returns scale [C] or [1] and zero point (grid units,
-real) of the same shape, or None for symmetric forms. DQSS registers KL, EasyQuant and ADMM here too.
+real) of the same shape, or None for symmetric forms. quant/registry.py names them (and EasyQuant, which
+searches a layer's output rather than one tensor).
 """
 
 from __future__ import annotations
@@ -177,17 +178,3 @@ class ADMMCalibrator(Calibrator):
             if done:
                 break
         return _threshold_to_qparams(rows, a * qmax, form, nonneg)
-
-
-CALIBRATORS: dict[str, type[Calibrator]] = {"maxabs": MaxAbsCalibrator, "mse": MSECalibrator, "kl": KLCalibrator,
-                                            "admm": ADMMCalibrator}
-
-
-def get_calibrator(name: str) -> Calibrator:
-    """Instantiate a registered calibrator by name."""
-    if name not in CALIBRATORS:
-        from quantsearch._util import suggest
-        from quantsearch.errors import ConfigError
-
-        raise ConfigError(f"unknown calibrator '{name}'{suggest(name, CALIBRATORS)}; choose from {sorted(CALIBRATORS)}")
-    return CALIBRATORS[name]()

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from quantsearch.device import model_device
-from quantsearch.quant.calibrators import Calibrator, MSECalibrator
 from quantsearch.quant.forms import LayerConfig
 from quantsearch.quant.layers import QUANT_LAYER_TYPES, QuantConv2d, QuantLinear, QuantMixin
 
@@ -22,6 +20,29 @@ class QuantPolicy:
     pin_first_last: bool = True
     pinned_bits: int = 8
     skip: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class QuantInfo:
+    """What `convert` recorded about a model: its quantized layers in execution order, the pinned ones (first and
+    last by default) and the bits they are pinned to."""
+
+    order: tuple[str, ...]
+    pinned: tuple[str, ...]
+    pinned_bits: int = 8
+
+
+INFO_ATTR = "quantsearch_info"
+
+
+def quant_info(model: nn.Module) -> QuantInfo:
+    """The QuantInfo `convert` attached to `model` (a model converted some other way: registration order, the
+    layers' own `pinned` flags, 8 bits)."""
+    info = getattr(model, INFO_ATTR, None)
+    if isinstance(info, QuantInfo):
+        return info
+    layers = quant_layers(model)
+    return QuantInfo(tuple(layers), tuple(n for n, layer in layers.items() if layer.pinned))
 
 
 def quant_layers(model: nn.Module) -> dict[str, QuantMixin]:
@@ -57,6 +78,8 @@ def convert(model: nn.Module, policy: QuantPolicy | None = None, example: torch.
 
     `example` (one input batch) lets first/last be found in execution order; otherwise registration order.
     """
+    if quant_layers(model):
+        raise ValueError("the model is already converted (it has quantized layers); convert its float original")
     policy = policy or QuantPolicy()
     model = copy.deepcopy(model)
     order = [n for n in _execution_order(model, example) if n not in policy.skip]
@@ -68,9 +91,16 @@ def convert(model: nn.Module, policy: QuantPolicy | None = None, example: torch.
         q.pinned = name in pinned
         parent_name, _, attr = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, attr, q)
-    model.quant_order = order  # type: ignore[attr-defined]
-    model.quant_pinned_bits = policy.pinned_bits  # type: ignore[attr-defined]
+    setattr(model, INFO_ATTR, QuantInfo(tuple(order), tuple(n for n in order if n in pinned), policy.pinned_bits))
     return model
+
+
+def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(network weights, quantizer scales/offsets) of a converted model."""
+    quant, weights = [], []
+    for name, p in model.named_parameters():
+        (quant if (".wq." in name or ".aq." in name) else weights).append(p)
+    return weights, quant
 
 
 def set_layer_configs(model: nn.Module, configs: dict[str, LayerConfig | None]) -> None:
@@ -87,76 +117,3 @@ def disable_quant(model: nn.Module) -> None:
     """Run every quantized layer in float."""
     for layer in quant_layers(model).values():
         layer.set_layer_config(None)
-
-
-@torch.no_grad()
-def collect_inputs(model: nn.Module, inputs: Iterable[torch.Tensor], max_samples: int = 1 << 18,
-                   per_batch: int = 1 << 16, keep_images: int = 0
-                   ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Run the model in float (eval mode) and return, per quantized layer, a bounded random sample of its
-    input values (flat; a seeded random subset of at most `per_batch` values per batch) and the first
-    `keep_images` inputs whole (for layer-wise searches like EasyQuant).
-
-    The sample ends with the exact min and max over EVERY batch, so range-based methods (MaxAbs, the KL
-    histogram's range) see the true running extremes, not the sample's."""
-    layers = quant_layers(model)
-    saved = {n: layer.layer_config() for n, layer in layers.items()}
-    disable_quant(model)
-    samples: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-    whole: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-    counts = dict.fromkeys(layers, 0)
-    kept = dict.fromkeys(layers, 0)
-    extremes: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    batch_index = dict.fromkeys(layers, 0)
-
-    def hook(name: str):  # noqa: ANN202 - closure factory
-        def fn(_m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
-            x = inp[0].detach()
-            lo, hi = x.min().reshape(1), x.max().reshape(1)  # kept on the device: no host sync per batch
-            old = extremes.get(name)
-            extremes[name] = (lo, hi) if old is None else (torch.minimum(old[0], lo), torch.maximum(old[1], hi))
-            if counts[name] < max_samples:
-                flat = x.reshape(-1)
-                # a seeded random subset: a stride that is a multiple of the feature map's width would sample
-                # one image column only (its border: a constant background's responses, spikes that broke KL)
-                k = min(per_batch, flat.numel(), max_samples - counts[name])
-                # seeded by the batch and the tensor's size: layers that read one tensor get the same sample
-                gen = torch.Generator().manual_seed(batch_index[name] * 1_000_003 + flat.numel())
-                idx = torch.randperm(flat.numel(), generator=gen)[:k] if k < flat.numel() else None
-                samples[name].append(flat.clone() if idx is None else flat[idx.to(flat.device)])
-                counts[name] += samples[name][-1].numel()
-            batch_index[name] += 1
-            if kept[name] < keep_images:
-                whole[name].append(x[: keep_images - kept[name]].clone())
-                kept[name] += len(whole[name][-1])
-        return fn
-
-    handles = [layer.register_forward_pre_hook(hook(n)) for n, layer in layers.items()]  # type: ignore[attr-defined]
-    was = model.training
-    model.eval()
-    device = model_device(model)
-    try:
-        for x in inputs:
-            model(x.to(device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
-        for name, cfg in saved.items():
-            layers[name].set_layer_config(cfg)
-    flat = {n: torch.cat([*v, *extremes[n]]) for n, v in samples.items() if v}
-    return flat, {n: torch.cat(v) for n, v in whole.items() if v}
-
-
-@torch.no_grad()
-def calibrate_model(model: nn.Module, inputs: Iterable[torch.Tensor], calibrator: Calibrator | None = None,
-                    max_samples: int = 1 << 18, per_batch: int = 1 << 16) -> None:
-    """Initialise every quantizer's tables for every form: weights from themselves, inputs from a sample of
-    their float activations."""
-    calibrator = calibrator or MSECalibrator()
-    samples, _ = collect_inputs(model, inputs, max_samples, per_batch)
-    for name, layer in quant_layers(model).items():
-        layer.wq.calibrate(layer.weight, calibrator)  # type: ignore[attr-defined]
-        if name in samples:
-            layer.aq.calibrate(samples[name], calibrator)

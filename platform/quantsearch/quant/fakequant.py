@@ -61,14 +61,14 @@ class _FakeQuant(torch.autograd.Function):
     """STE for x (zero where clipped), LSQ for the scale, LSQ+ for the (real) zero point."""
 
     @staticmethod
-    def forward(ctx, x, scale, zq, qmin, qmax):  # noqa: ANN001, ANN205
+    def forward(ctx, x, scale, zq, qmin, qmax):
         out, mask = _forward_with_mask(x, scale, zq, qmin, qmax)
         ctx.save_for_backward(x, out, mask, scale)
         ctx.has_zp = zq is not None
         return out
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
+    def backward(ctx, grad):
         x, out, mask, scale = ctx.saved_tensors
         grad = grad.contiguous()
         grad_in = torch.where(mask, grad, 0.0)  # one pass; grad * mask would first cast the mask

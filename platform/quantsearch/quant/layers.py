@@ -22,6 +22,14 @@ class QuantMixin:
         self.wq.set_form(None if cfg is None else cfg.weight)
         self.aq.set_form(None if cfg is None else cfg.activation)
 
+    def swap_quantizers(self, aq: nn.Module, wq: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """Quantize the input with `aq` and the weight with `wq` instead (DQSS swaps in its mixtures this way);
+        returns the (input, weight) quantizers they replace. Anything with a `form` and a forward will do."""
+        old = (self.aq, self.wq)
+        nn.Module.__setattr__(self, "aq", aq)
+        nn.Module.__setattr__(self, "wq", wq)
+        return old
+
     def layer_config(self) -> LayerConfig | None:
         """The active config, or None when the layer runs in float."""
         if self.wq.form is None or self.aq.form is None:
@@ -50,10 +58,7 @@ class QuantConv2d(nn.Conv2d, QuantMixin):
         return q.to(m.weight.device)  # the quantizer tables live where the weights do
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Convolution of the quantized input with the quantized weight (or the DQSS strategy mixture)."""
-        mixer = self.__dict__.get("_modules", {}).get("mixer")
-        if mixer is not None:
-            return mixer(self, x)
+        """Convolution of the quantized input with the quantized weight."""
         return self._conv_forward(self.aq(x), self.wq(self.weight), self.bias)
 
 
@@ -77,10 +82,7 @@ class QuantLinear(nn.Linear, QuantMixin):
         return q.to(m.weight.device)  # the quantizer tables live where the weights do
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Linear map of the quantized input with the quantized weight (or the DQSS strategy mixture)."""
-        mixer = self.__dict__.get("_modules", {}).get("mixer")
-        if mixer is not None:
-            return mixer(self, x)
+        """Linear map of the quantized input with the quantized weight."""
         return F.linear(self.aq(x), self.wq(self.weight), self.bias)
 
 

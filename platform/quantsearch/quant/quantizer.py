@@ -57,7 +57,7 @@ class ElasticQuantizer(nn.Module):
         """Inverse of get_extra_state."""
         self.nonneg = bool(state["nonneg"])
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN202
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # state dicts written before offsets were learnable: zero points in grid units, nonneg as a buffer
         if prefix + "nonneg" in state_dict and prefix + "_extra_state" not in state_dict:
             state_dict[prefix + "_extra_state"] = {"nonneg": bool(state_dict.pop(prefix + "nonneg"))}

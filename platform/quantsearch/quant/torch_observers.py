@@ -1,8 +1,9 @@
 """torch's own PTQ observers (torch.ao.quantization: MinMax, Histogram) behind the Calibrator interface.
 
 They are the baseline DQSS is measured against: the same quantization points, grids and bits as every other
-calibrator here, only the scale/zero point come from torch's observer. torch 2.14 deprecates torch.ao
-quantization (moved to torchao) but it still works; the deprecation warning is silenced here.
+calibrator here, only the scale/zero point come from torch's observer. This wraps torch.ao (part of torch), not
+the separate torchao package; the registry keeps the names users type, `torchao-minmax` and `torchao-histogram`.
+torch 2.14 deprecates torch.ao quantization (moved to torchao) but it still works; the warning is silenced here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from quantsearch.quant.calibrators import Calibrator
 from quantsearch.quant.forms import QuantForm, grid_for
 
 
-class TorchAOCalibrator(Calibrator):
+class TorchObserverCalibrator(Calibrator):
     """Scale/zero point from a torch.ao observer fed the same tensor; per-channel forms use
     PerChannelMinMaxObserver (torch's default for weights) whatever the per-tensor observer is."""
 
@@ -49,14 +50,14 @@ class TorchAOCalibrator(Calibrator):
         return scale, zp.float().reshape(-1)
 
 
-class TorchAOMinMax(TorchAOCalibrator):
+class TorchMinMax(TorchObserverCalibrator):
     """torch.ao MinMaxObserver (per-tensor) / PerChannelMinMaxObserver (per-channel)."""
 
     name = "torchao-minmax"
     observer = "minmax"
 
 
-class TorchAOHistogram(TorchAOCalibrator):
+class TorchHistogram(TorchObserverCalibrator):
     """torch.ao HistogramObserver (per-tensor; its L2 search over histogram bins)."""
 
     name = "torchao-histogram"

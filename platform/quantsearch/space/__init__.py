@@ -1,5 +1,12 @@
 """Subnet configs, search spaces built from backend profiles, and the cost model."""
 
+from quantsearch.space.build import (
+    build_model_from_checkpoint,
+    load_model,
+    quantize,
+    quantized_model,
+    resolve_config,
+)
 from quantsearch.space.cost import Cost, LayerCost, layer_costs, subnet_cost
 from quantsearch.space.space import SearchSpace
 from quantsearch.space.subnet import (
@@ -13,6 +20,7 @@ from quantsearch.space.subnet import (
 )
 
 __all__ = [
-    "Cost", "LayerCost", "SearchSpace", "SubnetConfig", "get_config", "layer_costs", "model_uniform",
-    "parse_uniform", "pinned_layers", "set_config", "subnet_cost", "uniform_config",
+    "Cost", "LayerCost", "SearchSpace", "SubnetConfig", "build_model_from_checkpoint", "get_config", "layer_costs",
+    "load_model", "model_uniform", "parse_uniform", "pinned_layers", "quantize", "quantized_model",
+    "resolve_config", "set_config", "subnet_cost", "uniform_config",
 ]

@@ -40,7 +40,7 @@ def layer_costs(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCos
     layers = quant_layers(model)
     found: dict[str, LayerCost] = {}
 
-    def hook(name: str):  # noqa: ANN202
+    def hook(name: str):
         def fn(m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
             x = inp[0]
             if isinstance(m, nn.Conv2d):

@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from quantsearch.errors import ConfigError
-from quantsearch.quant.convert import quant_layers
+from quantsearch.quant.convert import quant_info, quant_layers
 from quantsearch.quant.forms import LayerConfig, QuantForm
 
 
@@ -94,7 +94,7 @@ def uniform_config(layer_names: list[str], weight: QuantForm, activation: QuantF
 
 def pinned_layers(model: nn.Module) -> dict[str, int]:
     """Layer name -> pinned bits, for a converted model."""
-    bits = getattr(model, "quant_pinned_bits", 8)
+    bits = quant_info(model).pinned_bits
     return {n: bits for n, layer in quant_layers(model).items() if layer.pinned}
 
 

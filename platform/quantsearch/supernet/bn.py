@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
-from quantsearch.data import ArrayData, batches
+from quantsearch.data.loader import Batch, split_batch
 from quantsearch.device import model_device
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, data: ArrayData, mean: float, std: float, n_images: int = 2048,
-                   batch_size: int = 256) -> int:
-    """Reset running stats and forward `n_images` training images (no augmentation) in train mode.
+def recalibrate_bn(model: nn.Module, batches: Iterable[Batch], n_images: int = 2048) -> int:
+    """Reset running stats and forward the first `n_images` images of `batches` (x or (x, y); no augmentation
+    wanted) in train mode, on the model's device.
 
     Each batch's momentum is b / (seen + b), so the running mean is the average over images even when
     the last batch is smaller (momentum=None would weigh every batch alike). Returns the images used.
@@ -26,8 +28,8 @@ def recalibrate_bn(model: nn.Module, data: ArrayData, mean: float, std: float, n
     device = model_device(model)
     seen = 0
     try:
-        for x, _ in batches(data, batch_size, mean, std):
-            x = x[: n_images - seen]
+        for batch in batches:
+            x = split_batch(batch)[0][: n_images - seen]
             if len(x) == 0:
                 break
             for m in bns:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantsearch.quant.convert import quant_layers
+from quantsearch.quant.convert import quant_info, quant_layers
 
 UNIFORM_KURTOSIS = 1.8
 
@@ -18,7 +18,7 @@ def wdr_loss(model: nn.Module, w_kurt: float = 0.015, w_skew: float = 1.0, skip_
     Pushes weights toward a uniform-like shape that quantizes well at every bit-width (KURE-style).
     """
     layers = quant_layers(model)
-    names = [n for n in getattr(model, "quant_order", list(layers)) if n in layers]
+    names = [n for n in quant_info(model).order if n in layers]
     if skip_first:  # the EQ-Net release leaves the first layer out
         names = names[1:]
     skews, kurts = [], []

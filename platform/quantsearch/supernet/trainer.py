@@ -1,13 +1,16 @@
-"""The supernet training loop: one sandwich step per batch, per-epoch checkpoints, resumable.
+"""The supernet core: convert + calibrate every form, one sandwich step per batch, per-epoch callbacks,
+resumable state; `train_supernet(model, batches, settings) -> Supernet` on any model and batches.
 
-Plain PyTorch. The distributed runner supplies `sync_grads` (all-reduce) and checkpoint I/O callbacks;
-in-process runs use files. Same spec + seed + world size give the same result on CPU.
+Plain PyTorch. A distributed runner supplies `sync_grads` (all-reduce) and a `save` callback (supernet/job.py,
+distributed/train_supernet.py). Same settings + seed + batches give the same result on CPU.
 """
 
 from __future__ import annotations
 
+import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,18 +19,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantsearch._util import seed_everything
-from quantsearch.config import JobSpec, SupernetSpec
-from quantsearch.data import PreparedData, batches, take
-from quantsearch.device import model_device, resolve_device
-from quantsearch.quant import calibrate_model, get_calibrator, get_profile
-from quantsearch.space import SearchSpace, SubnetConfig, set_config
+from quantsearch.config import QuantTarget, SupernetSpec, make_section
+from quantsearch.data.loader import Batch, batch_inputs, split_batch
+from quantsearch.device import model_device
+from quantsearch.quant import QuantPolicy, calibrate_model, convert, get_calibrator, get_profile, split_params
+from quantsearch.space import SearchSpace, SubnetConfig, resolve_config, set_config
+from quantsearch.supernet.bn import recalibrate_bn
 from quantsearch.supernet.losses import gpg_loss, wdr_loss
-from quantsearch.supernet.measure import measure
+from quantsearch.supernet.measure import measure_subnet
 from quantsearch.supernet.sampling import SandwichSampler, net_forms
 from quantsearch.train.optim import make_scheduler
-from quantsearch.train.qat import quantized_model, split_params
+from quantsearch.train.progress import epoch_progress
 
 Payload = dict[str, Any]
+Progress = Callable[[str, int], AbstractContextManager[Callable[[int, float], None]]]
 
 
 @dataclass
@@ -54,36 +59,19 @@ def _make_optimizer(model: nn.Module, sn: SupernetSpec) -> torch.optim.Optimizer
     return (torch.optim.AdamW if sn.optimizer == "adamw" else torch.optim.Adam)(groups)
 
 
-def supernet_data(spec: JobSpec, data: PreparedData) -> PreparedData:
-    """The data the supernet trains on: the train split, or a seeded subset of it (train_images)."""
-    from dataclasses import replace
-
-    sn = spec.supernet or SupernetSpec()
-    if sn.train_images is None:
-        return data
-    return replace(data, train=take(data.train, sn.train_images, spec.seed + 2))
-
-
-def example_input(data: PreparedData) -> torch.Tensor:
-    """Two normalised training images (for tracing layer order and shapes)."""
-    return data.example(0)
-
-
-def build_run(spec: JobSpec, data: PreparedData, fp32: Payload, world: int = 1,
-              device: str | torch.device | None = None) -> SupernetRun:
-    """Convert the FP32 model on `device` (default: the job's), initialise every scale table on calibration
-    images, set up optimiser etc."""
-    sn = spec.supernet or SupernetSpec()
-    gen = seed_everything(spec.seed)
-    model = quantized_model(fp32, example_input(data), resolve_device(spec.device if device is None else device))
-    calib = take(data.train, sn.calib_images, spec.seed + 1)
-    calibrate_model(model, (x for x, _ in batches(calib, 256, data.mean, data.std)), get_calibrator(sn.init_calibrator))
-    space = SearchSpace.for_model(model, get_profile(sn.profile))
-    sampler = SandwichSampler(space, spec.seed)
-    opt = _make_optimizer(model, sn)
-    steps = -(-len(data.train) // (sn.batch_size * world))
-    sched = make_scheduler(opt, sn.schedule, steps * sn.epochs)
-    return SupernetRun(model, space, sampler, opt, sched, gen)
+def build_run(model: nn.Module, sn: SupernetSpec, calib_batches: Iterable[Batch], steps_per_epoch: int, *,
+              seed: int = 0, example: torch.Tensor | None = None) -> SupernetRun:
+    """Convert a copy of the float `model` (where it is), initialise every form's scale table on the first
+    `sn.calib_images` images of `calib_batches` with `sn.init_calibrator`, and set up sampler, optimiser and a
+    schedule of `steps_per_epoch * sn.epochs` steps. `example` (an input batch) finds the execution order."""
+    gen = seed_everything(seed)
+    qmodel = convert(model, QuantPolicy(), example)
+    calibrate_model(qmodel, batch_inputs(calib_batches, sn.calib_images), get_calibrator(sn.init_calibrator))
+    space = SearchSpace.for_model(qmodel, get_profile(sn.profile))
+    sampler = SandwichSampler(space, seed)
+    opt = _make_optimizer(qmodel, sn)
+    sched = make_scheduler(opt, sn.schedule, steps_per_epoch * sn.epochs)
+    return SupernetRun(qmodel, space, sampler, opt, sched, gen)
 
 
 def state_payload(run: SupernetRun) -> Payload:
@@ -148,18 +136,16 @@ def sandwich_step(run: SupernetRun, x: torch.Tensor, y: torch.Tensor, sn: Supern
     return losses
 
 
-def train_epoch(run: SupernetRun, data: PreparedData, sn: SupernetSpec, rank: int = 0, world: int = 1,
+def train_epoch(run: SupernetRun, batches: Iterable[Batch], sn: SupernetSpec,
                 sync_grads: Callable[[nn.Module], None] | None = None,
                 on_batch: Callable[[int, float], None] | None = None) -> dict[str, float]:
-    """One epoch over this rank's shard (same seeded permutation on every rank); mean losses."""
-    perm = torch.randperm(len(data.train), generator=run.gen)
-    shard = data.train.subset(perm[rank::world])
-    steps = -(-len(data.train) // (sn.batch_size * world))
+    """One sandwich step per (x, y) batch of one pass over `batches`; mean losses."""
     sums: dict[str, float] = {}
     n = 0
-    for i, (x, y) in enumerate(batches(shard, sn.batch_size, data.mean, data.std)):
-        if i >= steps:  # ranks with a longer shard stop together with the others
-            break
+    for i, batch in enumerate(batches):
+        x, y = split_batch(batch)
+        if y is None:
+            raise ValueError("supernet training needs labelled batches (x, y)")
         losses = sandwich_step(run, x, y, sn, sync_grads)
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + v
@@ -169,32 +155,106 @@ def train_epoch(run: SupernetRun, data: PreparedData, sn: SupernetSpec, rank: in
     return {f"loss_{k}": v / max(n, 1) for k, v in sums.items()}
 
 
-def epoch_metrics(run: SupernetRun, data: PreparedData, sn: SupernetSpec, losses: dict[str, float],
-                  seconds: float) -> dict[str, float]:
-    """Losses plus val accuracy of the max and min subnets (first network-wide form)."""
-    form = net_forms(run.space)[0]
-    acc_max = measure(run.model, run.sampler.max_config(form), data, sn.bn_images).val_acc
-    acc_min = measure(run.model, run.sampler.min_config(form), data, sn.bn_images).val_acc
-    return {"epoch": float(run.epoch), **losses, "val_acc_max": acc_max, "val_acc_min": acc_min,
-            "epoch_seconds": seconds}
+def _steps(batches: Iterable[Batch]) -> int:
+    """Batches per pass: len() where there is one, else one pass counted (re-iterable batches only)."""
+    try:
+        return len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        return sum(1 for _ in batches)
 
 
-def fit(run: SupernetRun, data: PreparedData, sn: SupernetSpec, rank: int = 0, world: int = 1,
+def fit(run: SupernetRun, batches: Iterable[Batch], sn: SupernetSpec,
         sync_grads: Callable[[nn.Module], None] | None = None,
+        measure: Callable[[SupernetRun], dict[str, float]] | None = None,
         save: Callable[[SupernetRun, dict[str, float]], None] | None = None,
-        progress: Callable[[str, int], Any] | None = None) -> SupernetRun:
-    """Train from run.epoch to sn.epochs; after each epoch measure max/min and call `save`."""
-    steps = -(-len(data.train) // (sn.batch_size * world))
+        progress: Progress | None = None) -> SupernetRun:
+    """Train from run.epoch to sn.epochs, one pass over `batches` per epoch; after each epoch record the losses,
+    `measure(run)` (e.g. val accuracy of the max and min subnets) and the epoch's seconds, then call `save`."""
+    steps = _steps(batches)
     for epoch in range(run.epoch, sn.epochs):
         t0 = time.perf_counter()
         if progress is not None:
             with progress(f"supernet epoch {epoch + 1}/{sn.epochs}", steps) as tick:
-                losses = train_epoch(run, data, sn, rank, world, sync_grads, tick)
+                losses = train_epoch(run, batches, sn, sync_grads, tick)
         else:
-            losses = train_epoch(run, data, sn, rank, world, sync_grads)
+            losses = train_epoch(run, batches, sn, sync_grads)
         run.epoch = epoch + 1
-        metrics = epoch_metrics(run, data, sn, losses, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        metrics = {"epoch": float(run.epoch), **losses, **(measure(run) if measure is not None else {}),
+                   "epoch_seconds": seconds}
         run.history.append(metrics)
         if save is not None:
             save(run, metrics)
     return run
+
+
+@dataclass(frozen=True)
+class Supernet:
+    """A trained elastic supernet: the converted model (every form's tables trained; float until a config is
+    set), its search space, and the per-epoch history. `subnet(config)` extracts one quantized model."""
+
+    model: nn.Module
+    space: SearchSpace
+    history: tuple[dict[str, float], ...] = ()
+
+    def config(self, config: str | QuantTarget | SubnetConfig) -> SubnetConfig:
+        """A SubnetConfig in this space: 'W4A4' (per-channel symmetric weights, affine activations), a
+        QuantTarget (forms of your choice; its profile is this space's), or a SubnetConfig (checked)."""
+        if isinstance(config, SubnetConfig):
+            cfg = config
+        else:
+            target = config if isinstance(config, QuantTarget) else make_section(QuantTarget, config=config)
+            cfg = resolve_config(target.model_copy(update={"profile": self.space.profile.name}), self.model)
+        if not self.space.contains(cfg):
+            from quantsearch.errors import ConfigError
+
+            raise ConfigError(f"{cfg.summary()} is not in this supernet's space (profile '{self.space.profile.name}')")
+        return cfg
+
+    def subnet(self, config: str | QuantTarget | SubnetConfig, bn_batches: Iterable[Batch] | None = None,
+               bn_images: int = 2048) -> nn.Module:
+        """A copy of the supernet's model quantized as `config`, its BN statistics recalibrated on `bn_images`
+        images of `bn_batches` (strongly advised: BN is shared by every subnet), in eval mode."""
+        cfg = self.config(config)
+        model = copy.deepcopy(self.model)
+        set_config(model, cfg)
+        if bn_batches is not None:
+            recalibrate_bn(model, bn_batches, bn_images)
+        return model.eval()
+
+
+def measure_max_min(run: SupernetRun, batches: Iterable[Batch], bn_batches: Iterable[Batch] | None,
+                    bn_images: int) -> dict[str, float]:
+    """Top-1 on `batches` of the max and min subnets (first network-wide form), BN recalibrated first."""
+    form = net_forms(run.space)[0]
+    return {"val_acc_max": measure_subnet(run.model, run.sampler.max_config(form), batches, bn_batches, bn_images),
+            "val_acc_min": measure_subnet(run.model, run.sampler.min_config(form), batches, bn_batches, bn_images)}
+
+
+def train_supernet(model: nn.Module, train_batches: Iterable[Batch], settings: SupernetSpec | None = None, *,
+                   calib_batches: Iterable[Batch] | None = None, val_batches: Iterable[Batch] | None = None,
+                   bn_batches: Iterable[Batch] | None = None, example: Batch | None = None, seed: int = 0,
+                   progress: bool = False, on_epoch: Callable[[dict[str, float]], None] | None = None) -> Supernet:
+    """Train an EQ-Net supernet from a float `model` (any nn.Module, on any device; left as it is) on
+    `train_batches` ((x, y), e.g. a DataLoader: one pass per epoch, moved to the model's device).
+
+    Every form's scales start from `settings.init_calibrator` on `settings.calib_images` images of
+    `calib_batches` (default: `train_batches`); each step trains the max, `settings.n_random` random and the min
+    subnets (sandwich rule, WDR, GPG). With `val_batches`, each epoch records the max and min subnets' top-1
+    (BN recalibrated on `bn_batches`, default `train_batches`). `settings.batch_size` is the job's: here the
+    batches are yours. Returns the Supernet; `supernet.subnet('W4A4', bn_batches)` extracts one model.
+    """
+    sn = settings or SupernetSpec()
+    calib = batch_inputs(calib_batches if calib_batches is not None else train_batches, sn.calib_images)
+    x = calib[0][:2] if example is None else split_batch(example)[0]
+    run = build_run(model, sn, calib, _steps(train_batches), seed=seed, example=x)
+    measure = None
+    if val_batches is not None:
+        vb, bb = val_batches, bn_batches if bn_batches is not None else train_batches
+
+        def measure(r: SupernetRun) -> dict[str, float]:
+            return measure_max_min(r, vb, bb, sn.bn_images)
+
+    fit(run, train_batches, sn, measure=measure, save=(lambda _r, m: on_epoch(m)) if on_epoch else None,
+        progress=(lambda label, total: epoch_progress(label, total)) if progress else None)
+    return Supernet(run.model, run.space, tuple(run.history))

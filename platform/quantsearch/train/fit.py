@@ -5,9 +5,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from torch import nn
 
 from quantsearch._util import atomic_write_json, seed_everything
 from quantsearch.config import JobSpec
@@ -15,7 +12,7 @@ from quantsearch.data import PreparedData
 from quantsearch.device import resolve_device
 from quantsearch.models import count_params, create
 from quantsearch.train.checkpoint import load_checkpoint, save_checkpoint
-from quantsearch.train.loop import evaluate, train_epoch
+from quantsearch.train.loop import evaluate, train_epoch, val_top1
 from quantsearch.train.optim import make_optimizer, make_scheduler
 from quantsearch.train.progress import epoch_progress
 
@@ -31,13 +28,6 @@ class TrainResult:
     epochs: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def build_model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
-    """Recreate the FP32 model a checkpoint was trained as and load its weights."""
-    model = create(ckpt["model_name"], ckpt["num_classes"], ckpt["in_channels"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model
 
 
 def train_fp32(spec: JobSpec, data: PreparedData, out_dir: str | Path, resume: bool = True,
@@ -66,9 +56,9 @@ def train_fp32(spec: JobSpec, data: PreparedData, out_dir: str | Path, resume: b
             loss = train_epoch(model, data.train, data.mean, data.std, optimizer, scheduler, gen,
                                tr.batch_size, tr.augment, data.bundle.hflip, tr.label_smoothing, device,
                                on_batch=tick)
-        val = evaluate(model, data.val, data.mean, data.std, device=device) if len(data.val) else None
+        val = val_top1(model, data)
         elapsed += time.perf_counter() - t0
-        history.append({"epoch": epoch + 1, "train_loss": loss, "val_acc": val.top1 if val else float("nan")})
+        history.append({"epoch": epoch + 1, "train_loss": loss, "val_acc": val})
         save_checkpoint(ckpt_path, {
             "kind": "fp32", "model_name": spec.model.name, "dataset": data.bundle.name,
             "num_classes": data.bundle.num_classes, "in_channels": data.bundle.in_channels,
@@ -76,7 +66,7 @@ def train_fp32(spec: JobSpec, data: PreparedData, out_dir: str | Path, resume: b
             "scheduler": scheduler.state_dict(), "rng": gen.get_state(), "epoch": epoch + 1,
             "history": history, "seconds": elapsed, "seed": spec.seed,
         })
-    val_acc = evaluate(model, data.val, data.mean, data.std, device=device).top1 if len(data.val) else float("nan")
+    val_acc = val_top1(model, data)
     test_acc = evaluate(model, data.test, data.mean, data.std, device=device).top1
     result = TrainResult(ckpt_path, val_acc, test_acc, count_params(model), tr.epochs, elapsed, history)
     atomic_write_json(out_dir / "metrics.json", {

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantsearch.data import ArrayData, batches
+from quantsearch.data import ArrayData, Batch, PreparedData, batches, split_batch
 from quantsearch.device import model_device
 
 
@@ -23,16 +23,27 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ArrayData, mean: float, std: float, batch_size: int = 512,
-             device: str | torch.device | None = None) -> EvalResult:
-    """Evaluate in eval mode on `device` (default: where the model is); returns top-1 and mean CE."""
+def evaluate(model: nn.Module, data: ArrayData | Iterable[Batch], mean: float | None = None,
+             std: float | None = None, batch_size: int = 512, device: str | torch.device | None = None
+             ) -> EvalResult:
+    """Top-1 and mean cross-entropy in eval mode on `device` (default: where the model is).
+
+    `data` is an ArrayData (normalised with `mean`/`std`, in batches of `batch_size`) or any iterable of (x, y)
+    batches, e.g. a DataLoader."""
     device = model_device(model) if device is None else device
+    if isinstance(data, ArrayData):
+        if mean is None or std is None:
+            raise TypeError("evaluate on an ArrayData needs its mean and std")
+        data = batches(data, batch_size, mean, std)
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     n = 0
-    for x, y in batches(data, batch_size, mean, std):
+    for batch in data:
+        x, y = split_batch(batch)
+        if y is None:
+            raise TypeError("evaluate needs labelled batches (x, y)")
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum")  # summed on the device: one sync at the end
@@ -40,6 +51,11 @@ def evaluate(model: nn.Module, data: ArrayData, mean: float, std: float, batch_s
         n += len(y)
     model.train(was_training)
     return EvalResult(int(correct) / max(n, 1), float(loss_sum) / max(n, 1), n)
+
+
+def val_top1(model: nn.Module, data: PreparedData) -> float:
+    """Top-1 on the val split (where search and calibration measure); NaN when the split is empty."""
+    return evaluate(model, data.val, data.mean, data.std).top1 if len(data.val) else float("nan")
 
 
 def train_epoch(model: nn.Module, data: ArrayData, mean: float, std: float, optimizer: torch.optim.Optimizer,
