@@ -1,4 +1,6 @@
-"""Small helpers shared by every layer: seeding, atomic writes, close-match suggestions."""
+"""Small helpers shared by every layer: seeding, atomic writes, close-match suggestions.
+
+numpy and torch are imported where used, so that config (and the CLI's argument parsing) stay light."""
 
 from __future__ import annotations
 
@@ -9,14 +11,17 @@ import random
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return a torch generator seeded the same way."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -53,6 +58,8 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 def atomic_torch_save(path: str | os.PathLike[str], obj: Any) -> None:
     """torch.save to a temp file and rename."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -134,9 +134,10 @@ def _supernet_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out:
     with tracker.child("supernet", {"supernet": sn.model_dump(), "workers": workers}) as run_id:
         if workers > 0:
             from quantsearch.distributed import train_supernet_ray
+            from quantsearch.tracking import EpochLogger
 
-            res = train_supernet_ray(spec, spec.fp32_checkpoint("supernet"), sn_dir, workers, use_gpu, run_id,
-                                     tracker.uri, address)
+            res = train_supernet_ray(spec, spec.fp32_checkpoint("supernet"), sn_dir, workers, use_gpu, address,
+                                     epoch_logger=EpochLogger(tracker.uri, run_id))
             from quantsearch.device import resolve_device
 
             model = load_model(load_checkpoint(res.checkpoint, kind="supernet")).to(resolve_device(spec.device))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,11 +85,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     if restored is not None:
         with restored.as_directory() as d:
             load_state(run, load_checkpoint(Path(d) / "supernet.pt", kind="supernet"))
-    logger = None
-    if rank == 0 and config.get("run_id"):
-        from quantsearch.tracking import EpochLogger
-
-        logger = EpochLogger(config["tracking_uri"], config["run_id"])
+    logger = config.get("epoch_logger") if rank == 0 else None
     shape = list(data.train.images.shape[1:])
 
     def save(r: Any, metrics: dict[str, float]) -> None:
@@ -108,10 +105,11 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
 
 def train_supernet_ray(spec: JobSpec, fp32_path: Path, out_dir: Path, workers: int | None = None,
-                       use_gpu: bool | None = None, run_id: str | None = None, tracking_uri: str | None = None,
-                       address: str | None = None) -> RayTrainResult:
+                       use_gpu: bool | None = None, address: str | None = None,
+                       epoch_logger: Callable[..., None] | None = None) -> RayTrainResult:
     """Run the supernet loop on Ray Train as `spec.scaling` says (`workers` / `use_gpu` override it); the same
-    run name resumes."""
+    run name resumes. Rank 0 calls `epoch_logger(metrics, step=epoch)` after each epoch (it travels to the worker
+    pickled, e.g. a tracking.EpochLogger for the stage's MLflow run)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -129,7 +127,7 @@ def train_supernet_ray(spec: JobSpec, fp32_path: Path, out_dir: Path, workers: i
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"spec": spec.model_dump(), "fp32_path": str(Path(fp32_path).resolve()),
-                           "run_id": run_id, "tracking_uri": tracking_uri, "threads": 1,
+                           "epoch_logger": epoch_logger, "threads": 1,
                            "fault": os.environ.get(FAULT_ENV)},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
         run_config=RunConfig(name=name, storage_path=str(storage),

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from quantsearch.config import DataSpec, DQSSSpec
+from quantsearch.dqss.combine import SubsetsResult
 from quantsearch.errors import QuantsearchError
-
-
-@dataclass(frozen=True)
-class SubsetsResult:
-    """Each trial's accuracy, per-layer agreement, and the combined strategy's accuracy."""
-
-    trials: list[dict[str, Any]]
-    agreement: dict[str, dict[str, float]]
-    combined: dict[str, tuple[str, str]]
-    combined_val_acc: float
-    combined_test_acc: float
-    heatmap: Path
-    summary_path: Path
 
 
 def _trial(config: dict[str, Any]) -> None:

@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import io
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from quantsearch._util import atomic_write_bytes
 from quantsearch.dqss.strategy import Strategy
+
+
+@dataclass(frozen=True)
+class SubsetsResult:
+    """Each trial's accuracy, per-layer agreement, and the combined strategy's accuracy."""
+
+    trials: list[dict[str, Any]]
+    agreement: dict[str, dict[str, float]]
+    combined: dict[str, tuple[str, str]]
+    combined_val_acc: float
+    combined_test_acc: float
+    heatmap: Path
+    summary_path: Path
 
 
 def agreement(strategies: list[Strategy]) -> dict[str, dict[str, float]]:

@@ -9,8 +9,8 @@ from quantsearch.dqss import Strategy
 from quantsearch.tracking.mlflow_tracking import JobTracker, flatten
 
 if TYPE_CHECKING:
-    from quantsearch.distributed.tune_dqss import SubsetsResult
     from quantsearch.dqss import DQSSResult
+    from quantsearch.dqss.combine import SubsetsResult
 
 
 def log_dqss_run(tracker: JobTracker, res: DQSSResult) -> None:
