@@ -6,7 +6,7 @@ import pytest
 
 from tests.gpu.stack import check, run_stack
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.mlflow]
 
 
 def test_every_stage_runs_on_the_cpu_when_asked(tmp_path):

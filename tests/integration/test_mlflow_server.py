@@ -10,7 +10,7 @@ import pytest
 from quantsearch.config import JobSpec
 from quantsearch.pipeline import run_job
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.mlflow]
 
 
 def _free_port():
@@ -19,7 +19,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture()
+@pytest.fixture
 def mlflow_server(tmp_path):
     port = _free_port()
     proc = subprocess.Popen(
@@ -57,8 +57,10 @@ def test_job_tracked_on_server(tmp_path, mlflow_server):
                      "init_calibrator": "maxabs", "table_bits": [8, 2]},
         "dqss": {"mode": "ptq", "config": "uniform:W4A4", "iters": 10, "calib_images": 64, "easyquant_steps": 10}})
     rows = run_job(spec, progress=False)
-    assert [r.stage for r in rows][0] == "fp32" and any(r.config == "W2A2" for r in rows)
-    assert [r.stage for r in rows][1] == "DQSS-PTQ" and rows[1].config == "W4A4"
+    assert next(r.stage for r in rows) == "fp32"
+    assert any(r.config == "W2A2" for r in rows)
+    assert [r.stage for r in rows][1] == "DQSS-PTQ"
+    assert rows[1].config == "W4A4"
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("server-job")
     runs = client.search_runs([exp.experiment_id])
@@ -69,11 +71,14 @@ def test_job_tracked_on_server(tmp_path, mlflow_server):
     assert set(children) == {"fp32", "dqss", "supernet"}
     dq = children["dqss"]
     assert dq.data.metrics["test_acc"] == pytest.approx(rows[1].test_acc)
-    assert any(k.startswith("choice.") for k in dq.data.tags) and dq.data.params["search.iters"] == "10"
+    assert any(k.startswith("choice.") for k in dq.data.tags)
+    assert dq.data.params["search.iters"] == "10"
     assert "strategy.json" in {a.path for a in client.list_artifacts(dq.info.run_id)}
     sn = children["supernet"]
-    assert "val_acc_max" in sn.data.metrics and "loss_min" in sn.data.metrics
+    assert "val_acc_max" in sn.data.metrics
+    assert "loss_min" in sn.data.metrics
     assert any(k.startswith("table.W8A8.") and k.endswith("test_acc") for k in sn.data.metrics)
     arts = {a.path for a in client.list_artifacts(sn.info.run_id, "supernet")}
     assert {"supernet/table.png", "supernet/table.parquet", "supernet/supernet.pt"} <= arts
-    assert parent.data.params["supernet.epochs"] == "1" and "git_commit" in parent.data.tags
+    assert parent.data.params["supernet.epochs"] == "1"
+    assert "git_commit" in parent.data.tags

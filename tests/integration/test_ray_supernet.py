@@ -9,7 +9,7 @@ from quantsearch.distributed.train_supernet import FAULT_ENV, train_supernet_ray
 from quantsearch.train import train_fp32
 from quantsearch.train.checkpoint import load_checkpoint
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 def _spec(out, epochs, name):
@@ -33,10 +33,13 @@ def fp32(tmp_path_factory):
 
 def test_two_workers_then_same_name_resumes(fp32):
     res = train_supernet_ray(_spec(fp32, 1, "resume"), fp32 / "fp32" / "model.pt", fp32 / "sn1", workers=2)
-    assert res.metrics["epoch"] == 1 and res.metrics["world_size"] == 2 and res.metrics["resumed_from_epoch"] == 0
+    assert res.metrics["epoch"] == 1
+    assert res.metrics["world_size"] == 2
+    assert res.metrics["resumed_from_epoch"] == 0
     assert load_checkpoint(res.checkpoint, kind="supernet")["epoch"] == 1
     again = train_supernet_ray(_spec(fp32, 2, "resume"), fp32 / "fp32" / "model.pt", fp32 / "sn1", workers=2)
-    assert again.metrics["epoch"] == 2 and again.metrics["resumed_from_epoch"] == 1
+    assert again.metrics["epoch"] == 2
+    assert again.metrics["resumed_from_epoch"] == 1
 
 
 def test_killed_worker_restarts_from_checkpoint(fp32, monkeypatch):

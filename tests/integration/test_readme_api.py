@@ -70,12 +70,14 @@ def test_readme_snippet_ptq_and_dqss(user_files, monkeypatch, capsys):
     ns = _run("ptq_dqss.py", user_files, monkeypatch)
     out = capsys.readouterr().out
     accs = {m[0]: float(m[1]) for m in re.findall(r"^(PTQ|DQSS) top-1 ([0-9.]+)$", out, flags=re.M)}
-    assert set(accs) == {"PTQ", "DQSS"} and all(0.0 <= a <= 1.0 for a in accs.values()), out
+    assert set(accs) == {"PTQ", "DQSS"}, out
+    assert all(0.0 <= a <= 1.0 for a in accs.values()), out
     model, qmodel, strategy, val = ns["model"], ns["qmodel"], ns["strategy"], ns["val"]
     assert qs.evaluate(model, val).top1 > 0.9  # the fixture's model learned the classes
     assert accs["DQSS"] > 0.5  # W4A4 with the searched strategy still classifies
     n_layers = sum(isinstance(m, nn.Conv2d | nn.Linear) for m in model.modules())
-    assert len(strategy) == n_layers and strategy.mode == "ptq"
+    assert len(strategy) == n_layers
+    assert strategy.mode == "ptq"
     assert not any(type(m).__name__.startswith("Quant") for m in model.modules())  # the user's model is untouched
     # the file alone (with the float model) rebuilds the quantized model exactly
     rebuilt = qs.Strategy.load(user_files / "strategy.json").build(model).eval()
@@ -91,8 +93,10 @@ def test_readme_snippet_supernet(user_files, monkeypatch, capsys):
     assert list(accs) == ["W8A8", "W4A4", "W2A2"], out
     assert float(accs["W8A8"]) > 0.5
     supernet = ns["supernet"]
-    assert [h["epoch"] for h in supernet.history] == [1.0, 2.0] and "val_acc_max" in supernet.history[-1]
+    assert [h["epoch"] for h in supernet.history] == [1.0, 2.0]
+    assert "val_acc_max" in supernet.history[-1]
     from quantsearch.space import get_config
 
     cfg = get_config(ns["mixed"])
-    assert cfg is not None and {c.weight.granularity for n, c in cfg.items() if c.weight.bits == 3} == {"per_tensor"}
+    assert cfg is not None
+    assert {c.weight.granularity for n, c in cfg.items() if c.weight.bits == 3} == {"per_tensor"}

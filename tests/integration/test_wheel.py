@@ -20,7 +20,8 @@ def test_wheel_installs_and_runs(tmp_path):
     import zipfile
 
     names = zipfile.ZipFile(wheels[0]).namelist()
-    assert "quantsearch/cli.py" in names and "quantsearch/quant/profiles.yaml" in names
+    assert "quantsearch/cli.py" in names
+    assert "quantsearch/quant/profiles.yaml" in names
     assert not any(n.startswith("platform/") for n in names)  # never shadow the stdlib's platform module
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -32,11 +33,14 @@ def test_wheel_installs_and_runs(tmp_path):
     Path(site, "_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", str(wheels[0])], check=True)
     r = subprocess.run([str(venv / "bin" / "quantsearch"), "--help"], capture_output=True, text=True, cwd=tmp_path)
-    assert r.returncode == 0 and "quantsearch" in r.stdout, r.stderr
+    assert r.returncode == 0, r.stderr
+    assert "quantsearch" in r.stdout, r.stderr
     r = subprocess.run([py, "-c", "import quantsearch, platform; print(quantsearch.__file__); "
                         "print(platform.system())"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert str(venv) in r.stdout.splitlines()[0] and r.stdout.splitlines()[1] == "Linux"
+    assert str(venv) in r.stdout.splitlines()[0]
+    assert r.stdout.splitlines()[1] == "Linux"
     r = subprocess.run([str(venv / "bin" / "quantsearch"), "profiles", "list"], capture_output=True, text=True,
                        cwd=tmp_path)
-    assert r.returncode == 0 and "tensorrt-int8" in r.stdout
+    assert r.returncode == 0
+    assert "tensorrt-int8" in r.stdout

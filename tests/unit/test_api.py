@@ -77,7 +77,7 @@ def test_public_api_is_small_and_every_name_resolves():
     assert len(qs.__all__) <= 20
     for name in qs.__all__:
         assert getattr(qs, name) is not None
-    with pytest.raises(AttributeError, match="no attribute 'quantise'"):
+    with pytest.raises(AttributeError, match=r"no attribute 'quantise'"):
         qs.quantise  # noqa: B018
 
 
@@ -90,14 +90,16 @@ def test_quantize_leaves_the_model_and_takes_every_kind_of_config(trained):
     q = qs.quantize(model, "W4A4", example=batches[0])  # a whole (x, y) batch is a fine example
     assert not any(isinstance(m, QuantConv2d) for m in model.modules())
     cfg = get_config(q)
-    assert cfg is not None and {c.weight.bits for c in cfg.values()} == {4, 8}  # first/last pinned at 8
+    assert cfg is not None
+    assert {c.weight.bits for c in cfg.values()} == {4, 8}
     assert get_config(qs.quantize(model, "uniform:W4A4", batches[0][0])) == cfg
     pt = get_config(qs.quantize(model, qs.QuantTarget(config="W4A4", weight_granularity="per_tensor")))
     assert {c.weight.granularity for c in pt.values()} == {"per_tensor"}
     assert get_config(qs.quantize(model, cfg)) == cfg
     again = qs.quantize(q, "W8A8")  # a quantized model: a copy switched to the new config
-    assert {c.weight.bits for c in get_config(again).values()} == {8} and get_config(q) == cfg
-    with pytest.raises(ConfigError, match="2..8"):
+    assert {c.weight.bits for c in get_config(again).values()} == {8}
+    assert get_config(q) == cfg
+    with pytest.raises(ConfigError, match=r"2..8"):
         qs.quantize(model, "W9A9")
 
 
@@ -118,9 +120,9 @@ def test_calibrate_takes_any_batches_and_keeps_accuracy(trained):
     d = qs.quantize(model, "W8A8", batches[0])
     qs.calibrate(d, [batches[0][0], batches[1][0][:36]], method="kl")
     assert _same_state(c, d)
-    with pytest.raises(ConfigError, match="unknown calibration method 'entropy'.*torchao-minmax"):
+    with pytest.raises(ConfigError, match=r"unknown calibration method 'entropy'.*torchao-minmax"):
         qs.calibrate(a, batches, method="entropy")
-    with pytest.raises(ConfigError, match="quantize it first"):
+    with pytest.raises(ConfigError, match=r"quantize it first"):
         qs.calibrate(model, batches)
 
 
@@ -145,22 +147,25 @@ def test_dqss_search_returns_a_strategy_the_file_rebuilds(trained, tmp_path):
     q = qs.quantize(model, "W4A4", batches[0])
     settings = qs.DQSSSpec(iters=8, easyquant_steps=8)
     strategy = qs.dqss_search(q, [x for x, _ in batches], settings)  # PTQ needs no labels
-    assert isinstance(strategy, qs.Strategy) and strategy.mode == "ptq" and len(strategy) == 10
+    assert isinstance(strategy, qs.Strategy)
+    assert strategy.mode == "ptq"
+    assert len(strategy) == 10
     assert set(strategy.choices().values()) <= {(a, w) for a in settings.candidates for w in settings.candidates}
     with pytest.raises(FrozenInstanceError):
         strategy.mode = "qat"  # type: ignore[misc]
     again = qs.Strategy.load(strategy.save(tmp_path / "s.json"))
-    assert again == strategy and again.to_json() == strategy.to_json()
+    assert again == strategy
+    assert again.to_json() == strategy.to_json()
     x = val[0][0]
     with torch.no_grad():
         assert torch.equal(again.build(model, x).eval()(x), q.eval()(x))  # the deployed model, rebuilt exactly
     assert all(p.requires_grad for p in q.parameters())  # the search left the model trainable
     q2 = qs.quantize(model, "W4A4", x)
     before = {n: type(m) for n, m in q2.named_modules()}
-    with pytest.raises(ConfigError, match="labels"):
+    with pytest.raises(ConfigError, match=r"labels"):
         qs.dqss_search(q2, [x for x, _ in batches], qs.DQSSSpec(mode="qat", candidates=("maxabs", "mse")))
     assert {n: type(m) for n, m in q2.named_modules()} == before  # a failed search puts the quantizers back
-    with pytest.raises(ConfigError, match="quantsearch.quantize"):
+    with pytest.raises(ConfigError, match=r"quantsearch.quantize"):
         qs.dqss_search(model, batches)
 
 
@@ -171,7 +176,8 @@ def test_dqss_search_qat_on_a_dataloader(trained):
     settings = qs.DQSSSpec(mode="qat", search_epochs=0.5, finetune_epochs=0.5, easyquant_steps=4)
     strategy = qs.dqss_search(q, _loader(batches), settings, on_step=lambda i, loss: losses.append(loss))
     n = round(0.5 * len(batches))
-    assert strategy.mode == "qat" and strategy.search["search_steps"] == strategy.search["finetune_steps"] == n
+    assert strategy.mode == "qat"
+    assert strategy.search["search_steps"] == strategy.search["finetune_steps"] == n
     assert len(losses) == 2 * n
     assert qs.evaluate(q, val).top1 > 0.5
     for name, layer in strategy.items():  # the model holds what the strategy deploys: integer zero points
@@ -186,7 +192,8 @@ def test_train_supernet_and_extract_subnets(trained):
     model, batches, val = trained
     settings = qs.SupernetSpec(epochs=1, n_random=1, calib_images=128, bn_images=128)
     supernet = qs.train_supernet(model, batches[:3], settings, val_batches=val, bn_batches=batches)
-    assert isinstance(supernet, qs.Supernet) and len(supernet.history) == 1
+    assert isinstance(supernet, qs.Supernet)
+    assert len(supernet.history) == 1
     assert {"loss_max", "loss_min", "val_acc_max", "val_acc_min"} <= set(supernet.history[0])
     w8 = supernet.subnet("W8A8", bn_batches=batches, bn_images=128)
     w2 = supernet.subnet("W2A2", bn_batches=batches, bn_images=128)
@@ -195,7 +202,7 @@ def test_train_supernet_and_extract_subnets(trained):
     assert qs.evaluate(w8, val).top1 >= qs.evaluate(w2, val).top1 - 0.05
     cfg = supernet.config("W4A4")
     first = next(iter(cfg))
-    with pytest.raises(ConfigError, match="not in this supernet's space"):  # the first layer is pinned at 8 bits
+    with pytest.raises(ConfigError, match=r"not in this supernet's space"):  # the first layer is pinned at 8 bits
         supernet.subnet(qs.SubnetConfig.from_mapping({**cfg, first: cfg[next(iter(list(cfg)[1:]))]}))
     pt = supernet.subnet(qs.QuantTarget(config="W4A4", weight_granularity="per_tensor"))  # any form the space has
     assert {c.weight.granularity for c in get_config(pt).values()} == {"per_tensor"}
@@ -209,7 +216,7 @@ def test_evaluate_takes_arraydata_or_batches(trained, synthetic):
     a = qs.evaluate(model, synthetic.test, synthetic.mean, synthetic.std)
     b = qs.evaluate(model, ArrayBatches(synthetic.test, 100, synthetic.mean, synthetic.std))
     assert a == b
-    with pytest.raises(TypeError, match="mean and std"):
+    with pytest.raises(TypeError, match=r"mean and std"):
         qs.evaluate(model, synthetic.test)
 
 
@@ -224,6 +231,7 @@ def test_every_verb_runs_on_cuda_with_cpu_batches(trained):
     qs.calibrate(q, batches, method="kl")
     strategy = qs.dqss_search(q, batches, qs.DQSSSpec(iters=4, easyquant_steps=4))
     assert {t.device.type for t in (*q.parameters(), *q.buffers())} == {"cuda"}
-    assert qs.evaluate(q, val).top1 > 0.5 and len(strategy) == 10
+    assert qs.evaluate(q, val).top1 > 0.5
+    assert len(strategy) == 10
     sn = qs.train_supernet(model, batches[:2], qs.SupernetSpec(epochs=1, n_random=0, calib_images=64))
     assert qs.evaluate(sn.subnet("W8A8", bn_batches=batches), val).top1 > 0.5

@@ -136,13 +136,16 @@ def test_each_calibrator_gives_scales_in_range_and_deterministic(name, form):
     x = torch.randn(8, 200, generator=g) * torch.linspace(0.5, 3, 8)[:, None]
     cal = get_calibrator(name)
     s1, z1 = cal.scale_offset(x, form)
-    s2, z2 = cal.scale_offset(x, form)
+    s2, _z2 = cal.scale_offset(x, form)
     rows = 8 if form.per_channel else 1
-    assert s1.shape == (rows,) and torch.equal(s1, s2) and (z1 is None) == form.symmetric
+    assert s1.shape == (rows,)
+    assert torch.equal(s1, s2)
+    assert (z1 is None) == form.symmetric
     qmin, qmax = grid_for(form, False)
     amax = x.abs().reshape(rows, -1).amax(1)
     span = s1 * qmax if form.symmetric else s1 * (qmax - qmin)  # the clip range never exceeds the data's
-    assert (s1 > 0).all() and (span <= (1 if form.symmetric else 2) * amax * 1.0001 + 1e-6).all()
+    assert (s1 > 0).all()
+    assert (span <= (1 if form.symmetric else 2) * amax * 1.0001 + 1e-6).all()
 
 
 def test_admm_lowers_mse_vs_maxabs_on_heavy_tails():
@@ -216,7 +219,8 @@ def test_kl_affine_clips_each_side_of_a_signed_bulk():
     s, z = get_calibrator("kl").scale_offset(x, form, nonneg=False)
     qmin, qmax = grid_for(form, False)
     lo, hi = float((qmin - z) * s), float((qmax - z) * s)
-    assert -10 < lo < -1 and 1 < hi <= float(x.max()) + float(s)
+    assert -10 < lo < -1
+    assert 1 < hi <= float(x.max()) + float(s)
     mse = float((fake_quant(x, s, z, qmin, qmax) - x)[:-1].pow(2).mean())
     s_max, z_max = get_calibrator("maxabs").scale_offset(x, form, nonneg=False)
     assert mse < float((fake_quant(x, s_max, z_max, qmin, qmax) - x)[:-1].pow(2).mean())
@@ -228,10 +232,12 @@ def test_torchao_observers_match_torch_and_histogram_never_wider():
     form = QuantForm(4, "per_tensor", False)
     s, z = get_calibrator("torchao-minmax").scale_offset(x, form)
     # MinMax: [min, max] mapped onto the 16-level grid, as torch's observer does
-    assert torch.allclose(s, torch.tensor([(30.0 + 0.5) / 15]), rtol=1e-5) and float(z) == round(0.5 / float(s))
+    assert torch.allclose(s, torch.tensor([(30.0 + 0.5) / 15]), rtol=1e-5)
+    assert float(z) == round(0.5 / float(s))
     s_h, z_h = get_calibrator("torchao-histogram").scale_offset(x, form)
     # the histogram observer searches sub-ranges of [min, max]: never a wider range, a valid grid zero point
-    assert 0 < float(s_h) <= float(s) * 1.0001 and 0 <= float(z_h) <= 15
+    assert 0 < float(s_h) <= float(s) * 1.0001
+    assert 0 <= float(z_h) <= 15
 
 
 def test_calibration_sample_spans_every_column():

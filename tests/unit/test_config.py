@@ -9,7 +9,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_defaults_are_valid():
     spec = JobSpec()
-    assert spec.data.name == "fashion-mnist" and spec.model.name == "resnet8" and spec.qat is None
+    assert spec.data.name == "fashion-mnist"
+    assert spec.model.name == "resnet8"
+    assert spec.qat is None
 
 
 def test_unknown_key_names_nearest_valid_key(tmp_path):
@@ -18,16 +20,18 @@ def test_unknown_key_names_nearest_valid_key(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_job(p)
     msg = str(exc.value)
-    assert "training.epoch" in msg and "'epochs'" in msg and "\n" not in msg
+    assert "training.epoch" in msg
+    assert "'epochs'" in msg
+    assert "\n" not in msg
 
 
 def test_unknown_top_level_key_lists_keys():
-    with pytest.raises(ConfigError, match="unknown key 'zzz'.*valid keys"):
+    with pytest.raises(ConfigError, match=r"unknown key 'zzz'.*valid keys"):
         validate_spec({"zzz": 1})
 
 
 def test_invalid_value_is_one_line():
-    with pytest.raises(ConfigError, match="training.epochs"):
+    with pytest.raises(ConfigError, match=r"training.epochs"):
         validate_spec({"training": {"epochs": 0}})
 
 
@@ -35,7 +39,9 @@ def test_overrides_parse_yaml_values():
     assert parse_override("training.lr=0.5") == (["training", "lr"], 0.5)
     raw = apply_overrides({"training": {"epochs": 1}}, ["training.epochs=3", "qat.config=uniform:W2A2", "name=x"])
     spec = validate_spec(raw)
-    assert spec.training.epochs == 3 and spec.qat.target.config == "uniform:W2A2" and spec.name == "x"
+    assert spec.training.epochs == 3
+    assert spec.qat.target.config == "uniform:W2A2"
+    assert spec.name == "x"
     with pytest.raises(ConfigError):
         parse_override("nokey")
 
@@ -43,9 +49,9 @@ def test_overrides_parse_yaml_values():
 def test_bad_yaml_and_missing_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match=r"not valid YAML"):
         load_job(bad)
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match=r"does not exist"):
         load_job(tmp_path / "none.yaml")
 
 
@@ -63,14 +69,17 @@ def test_old_flat_keys_load_into_their_new_sections():
                      "max_failures": 3, "num_to_keep": 4}})
     assert spec.device == "cpu"
     assert (spec.qat.target.config, spec.qat.target.profile, spec.qat.target.calib_images) == (
-        "uniform:W2A2", "tflite-int8", 64) and spec.qat.epochs == 2
-    assert spec.dqss.target.config == "uniform:W3A3" and spec.dqss.target.calib_images == 32
+        "uniform:W2A2", "tflite-int8", 64)
+    assert spec.qat.epochs == 2
+    assert spec.dqss.target.config == "uniform:W3A3"
+    assert spec.dqss.target.calib_images == 32
     assert spec.scaling.model_dump() == {"workers": 2, "use_gpu": False, "run_name": "r", "storage_path": "s",
                                          "max_failures": 3, "num_to_keep": 4}
     assert spec.supernet.epochs == 1
     # what a spec dumps is the new layout, and it loads back to the same spec
     dumped = spec.model_dump()
-    assert "config" not in dumped["qat"] and "workers" not in dumped["supernet"]
+    assert "config" not in dumped["qat"]
+    assert "workers" not in dumped["supernet"]
     assert validate_spec(dumped) == spec
     # and overrides may use either spelling
     assert validate_spec(apply_overrides({}, ["supernet.workers=1"])).scaling.workers == 1
@@ -78,20 +87,20 @@ def test_old_flat_keys_load_into_their_new_sections():
 
 
 def test_a_key_given_in_both_places_names_the_new_one():
-    with pytest.raises(ConfigError, match="'qat.config' moved to 'qat.target.config'"):
+    with pytest.raises(ConfigError, match=r"'qat.config' moved to 'qat.target.config'"):
         validate_spec({"qat": {"config": "uniform:W2A2", "target": {"config": "uniform:W4A4"}}})
-    with pytest.raises(ConfigError, match="'supernet.workers' moved to 'scaling.workers'"):
+    with pytest.raises(ConfigError, match=r"'supernet.workers' moved to 'scaling.workers'"):
         validate_spec({"supernet": {"workers": 2}, "scaling": {"workers": 1}})
     from quantsearch.config import SupernetSpec, make_section
 
-    with pytest.raises(ConfigError, match="scaling.workers"):
+    with pytest.raises(ConfigError, match=r"scaling.workers"):
         make_section(SupernetSpec, "supernet", workers=2)  # the section alone cannot move it
 
 
 def test_unknown_keys_suggest_old_and_new_names():
-    with pytest.raises(ConfigError, match="unknown key 'qat.confg' \\(did you mean 'config'\\?\\)"):
+    with pytest.raises(ConfigError, match=r"unknown key 'qat.confg' \(did you mean 'config'\?\)"):
         validate_spec({"qat": {"confg": "uniform:W4A4"}})
-    with pytest.raises(ConfigError, match="unknown key 'scaling.worker' \\(did you mean 'workers'\\?\\)"):
+    with pytest.raises(ConfigError, match=r"unknown key 'scaling.worker' \(did you mean 'workers'\?\)"):
         validate_spec({"scaling": {"worker": 2}})
 
 
@@ -100,9 +109,9 @@ def test_calibrator_names_come_from_the_registry():
     from quantsearch.quant import CALIBRATORS
 
     assert set(DQSSSpec().candidates) <= set(CALIBRATORS)
-    with pytest.raises(ConfigError, match="dqss.candidates.*did you mean 'admm'"):
+    with pytest.raises(ConfigError, match=r"dqss.candidates.*did you mean 'admm'"):
         validate_spec({"dqss": {"candidates": ["maxabs", "adm"]}})
-    with pytest.raises(ConfigError, match="searches a layer's output"):
+    with pytest.raises(ConfigError, match=r"searches a layer's output"):
         validate_spec({"supernet": {"init_calibrator": "easyquant"}})
     assert SupernetSpec(init_calibrator="torchao-minmax").init_calibrator == "torchao-minmax"
 
@@ -110,4 +119,5 @@ def test_calibrator_names_come_from_the_registry():
 def test_fp32_checkpoint_is_the_stage_s_or_the_job_s():
     spec = validate_spec({"output_dir": "out", "dqss": {"checkpoint": "x/model.pt"}})
     assert spec.fp32_checkpoint() == Path("out/fp32/model.pt") == spec.fp32_checkpoint("supernet")
-    assert spec.fp32_checkpoint("dqss") == Path("x/model.pt") and spec.fp32_checkpoint("qat") == spec.fp32_checkpoint()
+    assert spec.fp32_checkpoint("dqss") == Path("x/model.pt")
+    assert spec.fp32_checkpoint("qat") == spec.fp32_checkpoint()

@@ -39,7 +39,9 @@ def test_fashion_from_custom_root(tmp_path, monkeypatch):
         _write_idx(tmp_path / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, (n,)))
     monkeypatch.setenv("QUANTSEARCH_DATA", str(tmp_path))
     b = load_dataset("fashion-mnist")
-    assert len(b.train) == 20 and len(b.test) == 10 and b.train.images.shape[1:] == (1, 28, 28)
+    assert len(b.train) == 20
+    assert len(b.test) == 10
+    assert b.train.images.shape[1:] == (1, 28, 28)
 
 
 def test_missing_fashion_is_clear_error(tmp_path, monkeypatch):
@@ -58,18 +60,21 @@ def test_unknown_dataset_suggests():
 def test_synthetic_is_seeded_and_learnable_shape(synthetic):
     again = ds.make_synthetic()
     assert torch.equal(synthetic.train.images, again.train.images)
-    assert synthetic.num_classes == 4 and synthetic.in_channels == 1
+    assert synthetic.num_classes == 4
+    assert synthetic.in_channels == 1
 
 
 def test_digits():
     b = load_dataset("digits")
-    assert len(b.train) + len(b.test) == 1797 and b.image_size == 16
+    assert len(b.train) + len(b.test) == 1797
+    assert b.image_size == 16
 
 
 def test_split_deterministic_and_disjoint(synthetic):
     tr1, va1 = split_train_val(synthetic.train, 200, seed=3)
-    tr2, va2 = split_train_val(synthetic.train, 200, seed=3)
-    assert torch.equal(va1.images, va2.images) and len(tr1) == len(synthetic.train) - 200
+    _tr2, va2 = split_train_val(synthetic.train, 200, seed=3)
+    assert torch.equal(va1.images, va2.images)
+    assert len(tr1) == len(synthetic.train) - 200
     _, va3 = split_train_val(synthetic.train, 200, seed=4)
     assert not torch.equal(va1.labels, va3.labels) or not torch.equal(va1.images, va3.images)
     with pytest.raises(DataError):
@@ -86,7 +91,8 @@ def test_calibration_subsets_disjoint(synthetic):
     assert len(set().union(*ids)) == 400
     with pytest.raises(DataError, match="disjoint"):
         calibration_subsets(data, 11, 100)
-    assert len(take(data, 10, 0)) == 10 and len(take(data, None)) == len(data)
+    assert len(take(data, 10, 0)) == 10
+    assert len(take(data, None)) == len(data)
 
 
 def test_batches_augment_is_seeded(synthetic):
@@ -98,5 +104,5 @@ def test_batches_augment_is_seeded(synthetic):
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert not torch.equal(a[0], c[0])
     assert sum(len(x) for x in a) == len(synthetic.train)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="explicit generator"):
         next(batches(synthetic.train, 8, 0, 1, shuffle=True))

@@ -64,7 +64,8 @@ def test_dqss_mixture_forward_and_backward_never_sync():
     x = torch.randn(2, 3, 6, 6, requires_grad=True)
     with no_host_sync():
         conv(x).sum().backward()
-    assert act.alpha.grad is not None and x.grad is not None
+    assert act.alpha.grad is not None
+    assert x.grad is not None
 
 
 def test_conversion_places_every_table_on_the_model_device():
@@ -78,7 +79,8 @@ def test_conversion_places_every_table_on_the_model_device():
         assert model_device(q).type == "meta"
         layer = next(iter(quant_layers(q).values()))
         s, z = layer.wq.qparams(QuantForm(4, "per_channel", False))
-        assert s.device.type == "meta" and z.device.type == "meta"
+        assert s.device.type == "meta"
+        assert z.device.type == "meta"
 
 
 def test_mixers_keep_their_zero_points_as_buffers():
@@ -86,8 +88,10 @@ def test_mixers_keep_their_zero_points_as_buffers():
     act = ActMix(af, False, [torch.tensor([0.1]), torch.tensor([0.2])], [torch.tensor([3.0]), torch.tensor([1.0])], 1.0)
     w = WeightMix(wf, [torch.full((8,), 0.01), torch.full((8,), 0.02)], [torch.zeros(8), torch.ones(8)], 1.0)
     act, w = act.to("meta"), w.to("meta")
-    assert "zps" in act.state_dict() and "zps" in w.state_dict()
-    assert act.zps.device.type == "meta" and w.zps.device.type == "meta"
+    assert "zps" in act.state_dict()
+    assert "zps" in w.state_dict()
+    assert act.zps.device.type == "meta"
+    assert w.zps.device.type == "meta"
 
 
 def test_calibrators_create_constants_on_the_input_device():
@@ -96,11 +100,13 @@ def test_calibrators_create_constants_on_the_input_device():
 
     h = torch.rand(256, dtype=torch.float64, device="meta")
     cuts, kl = kl_divergences(h, 16, 32)
-    assert cuts.device.type == "meta" and kl.device.type == "meta"
+    assert cuts.device.type == "meta"
+    assert kl.device.type == "meta"
     x = torch.randn(8, 50, device="meta")
     for name in ("maxabs", "mse"):
         s, z = get_calibrator(name).scale_offset(x, QuantForm(4, "per_channel", False))
-        assert s.device.type == "meta" and z.device.type == "meta"
+        assert s.device.type == "meta"
+        assert z.device.type == "meta"
 
 
 def test_device_setting():

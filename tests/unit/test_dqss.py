@@ -20,7 +20,7 @@ from quantsearch.train import evaluate, load_checkpoint, train_fp32
 from torch import nn
 
 
-@pytest.mark.parametrize("per_channel, asym", [(True, False), (False, True)])
+@pytest.mark.parametrize(("per_channel", "asym"), [(True, False), (False, True)])
 def test_efficient_mixed_layer_equals_naive_n_squared(per_channel, asym):
     torch.manual_seed(0)
     conv = nn.Conv2d(6, 8, 3, padding=1)
@@ -87,12 +87,15 @@ def test_dqss_ptq_writes_strategy_and_rebuilds(tiny):
     spec = _ptq("uniform:W3A3", iters=20, lr=0.1, batch_size=64, easyquant_steps=10)
     res = run_dqss(spec, out / "fp32" / "model.pt", data, out / "dqss")
     st = Strategy.load(res.strategy_path)
-    assert st == res.strategy and st.choices() == res.choices
+    assert st == res.strategy
+    assert st.choices() == res.choices
     raw = json.loads(res.strategy_path.read_text())  # the file layout strategy.json has always had
     assert list(raw) == ["format", "mode", "config", "candidates", "weights", "input_shape", "search", "layers"]
-    assert st.mode == "ptq" and set(st.candidates) == {"maxabs", "kl", "easyquant", "admm"}
+    assert st.mode == "ptq"
+    assert set(st.candidates) == {"maxabs", "kl", "easyquant", "admm"}
     layer = next(iter(st.values()))
-    assert layer.activation in st.candidates and abs(sum(layer.p) - 1) < 1e-5
+    assert layer.activation in st.candidates
+    assert abs(sum(layer.p) - 1) < 1e-5
     # the search moved away from uniform p somewhere
     assert any(max(v.p) > 0.26 or max(v.q) > 0.26 for v in st.values())
     model = load_model(load_checkpoint(out / "dqss" / "model.pt"))
@@ -116,7 +119,8 @@ def test_shared_input_groups_tie_residual_branches():
     groups = shared_input_groups(model, torch.randn(2, 1, 28, 28))
     tied = {n: lead for n, lead in groups.items() if n != lead}
     # every downsample 1x1 conv reads the same tensor as its block's first 3x3 conv
-    assert tied and all("downsample" in n or "shortcut" in n for n in tied), tied
+    assert tied
+    assert all("downsample" in n or "shortcut" in n for n in tied), tied
     assert all(groups[lead] == lead for lead in tied.values())
 
 
@@ -126,7 +130,8 @@ def test_dqss_qat_searches_finetunes_and_rebuilds(tiny):
                     finetune_epochs=1.0, batch_size=64, easyquant_steps=10)
     res = run_dqss(spec, out / "fp32" / "model.pt", data, out / "dqss-qat")
     st = Strategy.load(res.strategy_path)
-    assert st.mode == "qat" and st.weights == "model.pt"
+    assert st.mode == "qat"
+    assert st.weights == "model.pt"
     assert st.search["search_steps"] == st.search["finetune_steps"] == len(data.train) // 64
     # alpha/beta moved during the joint pass
     assert any(max(v.p) > 0.26 or max(v.q) > 0.26 for v in st.values())
@@ -139,10 +144,12 @@ def test_dqss_qat_searches_finetunes_and_rebuilds(tiny):
     groups = {}
     for v in st.values():
         groups.setdefault(v.activation_group, set()).add(v.activation_scale)
-    assert any(len(g) == 1 for g in groups.values()) and all(len(g) == 1 for g in groups.values())
+    assert any(len(g) == 1 for g in groups.values())
+    assert all(len(g) == 1 for g in groups.values())
     # the same seed gives the same strategy and accuracy
     res2 = run_dqss(spec, out / "fp32" / "model.pt", data, out / "dqss-qat2")
-    assert res2.test_acc == res.test_acc and res2.choices == res.choices
+    assert res2.test_acc == res.test_acc
+    assert res2.choices == res.choices
 
 
 def test_strategy_file_errors_are_one_line(tmp_path):
@@ -157,7 +164,8 @@ def test_dqss_ptq_options_learn_scales_and_untie(tiny):
     kw = {"iters": 10, "lr": 0.1, "batch_size": 64, "easyquant_steps": 10}
     base = run_dqss(_ptq(**kw), out / "fp32" / "model.pt", data, out / "p0").strategy
     learned = run_dqss(_ptq(scale_lr=1e-3, tie=False, **kw), out / "fp32" / "model.pt", data, out / "p1").strategy
-    assert learned.search["scale_lr"] == 1e-3 and learned.search["tied_inputs"] is False
+    assert learned.search["scale_lr"] == 1e-3
+    assert learned.search["tied_inputs"] is False
     # every layer is its own activation group without tying, and the chosen scales moved with scale_lr > 0
     assert all(v.activation_group == n for n, v in learned.items())
     assert any(v.activation_group != n for n, v in base.items())

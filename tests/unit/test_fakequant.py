@@ -25,7 +25,8 @@ def test_on_grid_in_range_idempotent(bits, seed, s, zp, signed):
     y = fake_quant(x, scale, z, qmin, qmax)
     k = y / scale + z  # back to the integer grid (the real zero point shifts the grid, it is not rounded)
     assert torch.allclose(k, k.round(), atol=1e-3)
-    assert k.min() >= qmin - 1e-3 and k.max() <= qmax + 1e-3
+    assert k.min() >= qmin - 1e-3
+    assert k.max() <= qmax + 1e-3
     assert torch.allclose(fake_quant(y, scale, z, qmin, qmax), y, atol=1e-5)
 
 
@@ -74,7 +75,8 @@ def test_negative_offset_is_allowed_and_helps():
     zp = torch.tensor(qmin - (-3.0) / float(s))  # offset z = -zp*s ~ -3 (negative), zp beyond qmax
     good = ((fake_quant(x, s, zp, qmin, qmax) - x) ** 2).mean()
     clipped = ((fake_quant(x, s, zp.abs() * 0, qmin, qmax) - x) ** 2).mean()
-    assert zp > 0 and good < clipped / 50
+    assert zp > 0
+    assert good < clipped / 50
 
 
 def test_gradients_ste_and_clipping():
@@ -265,7 +267,8 @@ def test_old_state_dicts_with_grid_zero_points_load():
     r.load_state_dict(old)
     s2, z2 = r.qparams(form)
     assert r.nonneg is True
-    assert torch.allclose(s2, s) and torch.allclose(z2, z, atol=1e-5)
+    assert torch.allclose(s2, s)
+    assert torch.allclose(z2, z, atol=1e-5)
 
 
 def test_nonneg_is_a_python_flag_kept_in_the_state_dict():

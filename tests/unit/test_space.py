@@ -13,7 +13,7 @@ def _toy():
                          nn.Flatten(), nn.Linear(64, 3))
 
 
-@pytest.fixture()
+@pytest.fixture
 def qtoy():
     return convert(_toy(), QuantPolicy(), torch.randn(1, 1, 8, 8))
 
@@ -22,7 +22,9 @@ def test_subnet_config_json_round_trip_hash_and_summary(qtoy):
     space = SearchSpace.for_model(qtoy, get_profile("generic"))
     cfg = space.random(np.random.default_rng(0))
     again = SubnetConfig.from_json(cfg.to_json())
-    assert again == cfg and hash(again) == hash(cfg) and len({cfg, again}) == 1
+    assert again == cfg
+    assert hash(again) == hash(cfg)
+    assert len({cfg, again}) == 1
     assert "3 layers" in cfg.summary()
     assert list(cfg) == ["0", "2", "5"]
 
@@ -38,8 +40,10 @@ def test_profiles_and_spaces(qtoy):
     rng = np.random.default_rng(1)
     for _ in range(20):
         cfg = low.random(rng)
-        assert low.contains(cfg) and all(c.weight.bits in (2, 4, 8) for c in cfg.values())
-        assert cfg["0"].weight.bits == 8 and cfg["5"].activation.bits == 8  # pinned
+        assert low.contains(cfg)
+        assert all(c.weight.bits in (2, 4, 8) for c in cfg.values())
+        assert cfg["0"].weight.bits == 8
+        assert cfg["5"].activation.bits == 8
     generic = SearchSpace.for_model(qtoy, get_profile("generic"))
     assert not low.contains(generic.uniform(3, 3))
     with pytest.raises(ConfigError, match="unknown backend profile"):
@@ -58,7 +62,9 @@ def test_parse_uniform():
 def test_cost_model_matches_hand_computation(qtoy):
     costs = {c.name: c for c in layer_costs(qtoy, (1, 8, 8))}
     # conv 1->4, 3x3, stride 2 on 8x8: 4x4x4 outputs x 9 MACs; depthwise 4 groups: 64 outputs x 9; fc 64x3
-    assert costs["0"].macs == 576 and costs["2"].macs == 576 and costs["5"].macs == 192
+    assert costs["0"].macs == 576
+    assert costs["2"].macs == 576
+    assert costs["5"].macs == 192
     assert (costs["0"].params, costs["2"].params, costs["5"].params) == (36, 36, 192)
     assert (costs["0"].in_numel, costs["2"].in_numel, costs["5"].in_numel) == (64, 64, 64)
     w8a8, w4a2 = LayerConfig(QuantForm(8), QuantForm(8)), LayerConfig(QuantForm(4), QuantForm(2))
@@ -66,5 +72,6 @@ def test_cost_model_matches_hand_computation(qtoy):
     c = subnet_cost(list(costs.values()), cfg)
     assert c.bitops == 576 * 64 + 576 * 8 + 192 * 64
     assert c.weight_bytes == (36 * 8 + 36 * 4 + 192 * 8) / 8
-    assert c.act_bytes_peak == 64 and c.act_bytes_total == 64 + 16 + 64
+    assert c.act_bytes_peak == 64
+    assert c.act_bytes_total == 64 + 16 + 64
     assert subnet_cost(list(costs.values()), None).bitops == (576 + 576 + 192) * 32 * 32

@@ -41,11 +41,14 @@ def test_sampler_max_min_and_stratified_random():
     form = net_forms(space)[0]
     assert all(c.weight.bits == 8 for c in s.max_config(form).values())
     mn = s.min_config(form)
-    assert mn["3"].weight.bits == 2 and mn["6"].activation.bits == 2 and mn["0"].weight.bits == 8  # 0: pinned
+    assert mn["3"].weight.bits == 2
+    assert mn["6"].activation.bits == 2
+    assert mn["0"].weight.bits == 8
     free = ("3", "6")  # averages over the free layers: the pinned ones are always 8
     avgs = [np.mean([cfg[n].weight.bits for n in free] + [cfg[n].activation.bits for n in free])
             for _ in range(30) for cfg in s.random_configs(2)]
-    assert min(avgs) < 3.5 and max(avgs) > 6.5  # both ends covered
+    assert min(avgs) < 3.5
+    assert max(avgs) > 6.5
     cfgs = [c for _ in range(20) for c in s.random_configs(2)]
     assert all(space.contains(c) for c in cfgs)
     forms = {(lc.weight.granularity, lc.weight.symmetric, lc.activation.symmetric) for c in cfgs for lc in c.values()}
@@ -81,7 +84,8 @@ def test_wdr_zero_for_uniform_weights_and_positive_for_gaussian():
     assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in linears)
     q.zero_grad(set_to_none=True)
     wdr_loss(q, skip_first=True).backward()
-    assert linears[0].weight.grad is None and linears[1].weight.grad is not None  # first layer left out
+    assert linears[0].weight.grad is None
+    assert linears[1].weight.grad is not None
 
 
 def test_gpg_loss():
@@ -92,7 +96,8 @@ def test_gpg_loss():
     assert torch.allclose(gpg_loss(z, t, y, lam=0.0), nn.functional.cross_entropy(z, y))
     assert gpg_loss(z, z.detach(), y, lam=1.0).item() == pytest.approx(0.0, abs=1e-6)
     gpg_loss(z, t, y, lam=0.5, temperature=2.0).backward()
-    assert t.grad is None and z.grad is not None  # the teacher is detached
+    assert t.grad is None
+    assert z.grad is not None
 
 
 def test_bn_recalibration_counts_images_and_averages():
@@ -136,9 +141,12 @@ def test_sandwich_step_orders_chain_and_updates(tiny_job, monkeypatch):
     x, y = data.train.images[:32].float() / 255, data.train.labels[:32]
     losses = sandwich_step(run, x, y, spec.supernet)
     assert set(losses) == {"wdr", "max", "random0", "random1", "min"}
-    assert seen[0] == max(seen) and seen[-1] == min(seen) and seen[1:] == sorted(seen[1:], reverse=True)
+    assert seen[0] == max(seen)
+    assert seen[-1] == min(seen)
+    assert seen[1:] == sorted(seen[1:], reverse=True)
     changed = [k for k, v in run.model.state_dict().items() if k in before and not torch.equal(v, before[k])]
-    assert any("weight" in k for k in changed) and any("scale" in k for k in changed)
+    assert any("weight" in k for k in changed)
+    assert any("scale" in k for k in changed)
     no_wdr = spec.supernet.model_copy(update={"wdr": False, "gpg": False, "n_random": 0})
     assert set(sandwich_step(run, x, y, no_wdr)) == {"max", "min"}
 
@@ -167,10 +175,12 @@ def test_uniform_table_and_files(tiny_job, tmp_path):
     spec, data, fp32 = tiny_job
     run = build_job_run(spec, data, fp32)
     rows = uniform_table(run.model, run.space, data, spec.supernet)
-    assert [r["config"] for r in rows] == ["W8A8", "W2A2"] and all(0 <= r["test_acc"] <= 1 for r in rows)
+    assert [r["config"] for r in rows] == ["W8A8", "W2A2"]
+    assert all(0 <= r["test_acc"] <= 1 for r in rows)
     assert rows[0]["test_acc"] > 0.5
     paths = save_table(rows, tmp_path)
     import pyarrow.parquet as pq
 
-    assert pq.read_table(paths["parquet"]).num_rows == 2 and paths["png"].stat().st_size > 1000
+    assert pq.read_table(paths["parquet"]).num_rows == 2
+    assert paths["png"].stat().st_size > 1000
     assert paths["csv"].read_text().splitlines()[0].startswith('"bits"')

@@ -21,9 +21,9 @@ def test_resolve_uri_default_env_and_spec(tmp_path, monkeypatch):
 
 
 def test_unreachable_server_is_one_clear_error():
-    with pytest.raises(TrackingError, match="unreachable.*start it"):
+    with pytest.raises(TrackingError, match=r"unreachable.*start it"):
         check_reachable(f"http://127.0.0.1:{_free_port()}", timeout=2)
-    with pytest.raises(TrackingError, match="sqlite"):
+    with pytest.raises(TrackingError, match=r"sqlite"):
         check_reachable("file:///tmp/mlruns")
 
 
@@ -31,6 +31,7 @@ def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": None}}, "e": [1]}) == {"a.b": "1", "a.c.d": "None", "e": "[1]"}
 
 
+@pytest.mark.mlflow
 def test_parent_and_child_runs_in_sqlite(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     from mlflow.tracking import MlflowClient
@@ -46,10 +47,12 @@ def test_parent_and_child_runs_in_sqlite(tmp_path, monkeypatch):
         tracker.log_metrics({"later": 1.0}, step=3, run_id=child_id)
     client = MlflowClient(tracker.uri)
     parent = client.get_run(tracker.run_id)
-    assert parent.data.params["training.epochs"] == "4" and parent.data.tags["profile"] == "generic"
+    assert parent.data.params["training.epochs"] == "4"
+    assert parent.data.tags["profile"] == "generic"
     child = client.get_run(child_id)
     assert child.data.tags["mlflow.parentRunId"] == tracker.run_id
-    assert child.data.metrics == {"acc": 0.5, "later": 1.0} and child.data.params["x.y"] == "2"
+    assert child.data.metrics == {"acc": 0.5, "later": 1.0}
+    assert child.data.params["x.y"] == "2"
     assert [a.path for a in client.list_artifacts(child_id)] == ["a.txt"]
 
 
@@ -61,10 +64,13 @@ def test_unreachable_server_fails_before_training(tmp_path, capsys):
                    "data: {name: synthetic}\nsupernet: {epochs: 1}\n")
     code = main(["supernet", "train", str(job), "--local", "--quiet"])
     err = capsys.readouterr().err
-    assert code == 2 and "unreachable" in err and len(err.strip().splitlines()) == 1
+    assert code == 2
+    assert "unreachable" in err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "fp32").exists()
 
 
+@pytest.mark.mlflow
 def test_parent_run_leaves_the_tracking_env_as_it_found_it(tmp_path, monkeypatch):
     import os
 

@@ -59,7 +59,8 @@ def test_resume_from_interrupted_epoch(tmp_path, synthetic):
     resumed = train_fp32(_spec(tmp_path, epochs=2, schedule="cosine"), data, tmp_path / "r", progress=False)
     a = load_checkpoint(full.checkpoint)["state_dict"]
     b = load_checkpoint(resumed.checkpoint)["state_dict"]
-    assert calls == [1] and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    assert calls == [1]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
 
 
 def test_corrupt_and_foreign_checkpoints(tmp_path):
@@ -75,18 +76,6 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
         load_checkpoint(tmp_path / "v.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "none.pt")
-
-
-def test_resnet_learns_fashion_mnist_in_one_epoch(tmp_path):
-    from quantsearch.data import load_dataset, take
-
-    b = load_dataset("fashion-mnist")
-    train = take(b.train, 2000, 0)
-    test = take(b.test, 1000, 0)
-    data = PreparedData(b, train, take(b.train, 10, 1), test)
-    spec = JobSpec.model_validate({"training": {"epochs": 1, "batch_size": 64, "lr": 0.01, "augment": False}})
-    res = train_fp32(spec, data, tmp_path, progress=False)
-    assert res.test_acc > 0.60, res.test_acc
 
 
 @pytest.mark.parametrize("steps", [1, 2, 4, 7, 8])

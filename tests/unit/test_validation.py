@@ -38,7 +38,8 @@ def fails(capsys, argv, *needles, absent=()):
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert code == 2, err
-    assert len(lines) == 1 and "Traceback" not in err, err
+    assert len(lines) == 1, err
+    assert "Traceback" not in err, err
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     for path in absent:
@@ -59,7 +60,7 @@ def job(tmp_path, **sections):
 # 1. bits outside 2..8 anywhere, and SubnetConfig files that do not exist
 
 
-@pytest.mark.parametrize("sections, key", [
+@pytest.mark.parametrize(("sections", "key"), [
     ({"qat": {"config": "uniform:W9A9"}}, "qat.target.config"),
     ({"dqss": {"target": {"config": "uniform:W1A4"}}}, "dqss.target.config"),
     ({"supernet": {"table_bits": [8, 9]}}, "supernet.table_bits"),
@@ -92,7 +93,7 @@ def test_missing_subnet_json(tmp_path, capsys, fp32):
 # 2. unknown profiles, models and datasets anywhere, with the closest valid name
 
 
-@pytest.mark.parametrize("sections, needles", [
+@pytest.mark.parametrize(("sections", "needles"), [
     ({"qat": {"profile": "tflite"}}, ["qat.target.profile", "did you mean 'tflite-int8'"]),
     ({"dqss": {"target": {"profile": "generc"}}}, ["dqss.target.profile", "did you mean 'generic'"]),
     ({"supernet": {"profile": "tensorrt"}}, ["supernet.profile", "did you mean 'tensorrt-int8'"]),
@@ -164,7 +165,7 @@ def test_calib_images_above_the_train_split_cli(tmp_path, capsys, fp32, n_train)
                    str(n_train // 2 + 1), "--out", out], "--subsets", f"holds only {n_train}", absent=[out])
 
 
-@pytest.mark.parametrize("section, key", [("qat", "qat.target.calib_images"), ("dqss", "dqss.target.calib_images"),
+@pytest.mark.parametrize(("section", "key"), [("qat", "qat.target.calib_images"), ("dqss", "dqss.target.calib_images"),
                                           ("supernet", "supernet.calib_images")])
 def test_calib_images_above_the_train_split_spec(tmp_path, capsys, section, key):
     spec = job(tmp_path, data={"name": "synthetic"}, **{section: {"calib_images": 100_000}})
@@ -256,12 +257,15 @@ def test_progress_lines_when_not_a_terminal(capsys):
         for i, loss in enumerate((0.9, 0.6, 0.412)):
             tick(i, loss)
     lines = s.getvalue().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fp32 epoch 1/4: 3/3 steps, loss 0.412, ") and lines[0][-1] == "s"
+    assert len(lines) == 1
+    assert lines[0].startswith("fp32 epoch 1/4: 3/3 steps, loss 0.412, ")
+    assert lines[0][-1] == "s"
     s = _Stream(False)
     with epoch_progress("qat", 3, stream=s, interval=0.0) as tick:
         for i in range(3):
             tick(i, 1.0)
-    assert s.getvalue().splitlines()[0].startswith("qat: 1/3 steps") and len(s.getvalue().splitlines()) == 3
+    assert s.getvalue().splitlines()[0].startswith("qat: 1/3 steps")
+    assert len(s.getvalue().splitlines()) == 3
     s = _Stream(False)
     with epoch_progress("off", 3, enabled=False, stream=s) as tick:
         tick(0, 1.0)

@@ -82,6 +82,11 @@ def _no_fashion_at(what: str, folder: Path) -> DataError:
                      f"fashion-mnist/ or FashionMNIST/raw/ folder; point it at those files or unset it")
 
 
+def fashion_cache_dir() -> Path:
+    """Where a download of Fashion-MNIST goes (and is found again)."""
+    return Path.home() / ".cache" / "quantsearch" / "fashion-mnist"
+
+
 def _find_fashion_dir(root: str | None) -> Path | None:
     """An explicitly named place (data.root, then QUANTSEARCH_DATA) must hold the files; otherwise the Debian
     package's folder or the download cache, or None."""
@@ -96,7 +101,7 @@ def _find_fashion_dir(root: str | None) -> Path | None:
         if found is None:
             raise _no_fashion_at(f"QUANTSEARCH_DATA={env}", Path(env))
         return found
-    for cand in (DEBIAN_FASHION_DIR, Path.home() / ".cache" / "quantsearch" / "fashion-mnist"):
+    for cand in (DEBIAN_FASHION_DIR, fashion_cache_dir()):
         found = _fashion_in(cand)
         if found is not None:
             return found
@@ -132,7 +137,7 @@ def load_fashion_mnist(root: str | None = None, download: bool = True) -> DataBu
                 "Fashion-MNIST not found; install it with `apt-get install -y dataset-fashion-mnist` "
                 "or set QUANTSEARCH_DATA to a folder holding the IDX files"
             )
-        folder = _download_fashion(Path.home() / ".cache" / "quantsearch" / "fashion-mnist")
+        folder = _download_fashion(fashion_cache_dir())
     arrays = {k: _idx(folder, v) for k, v in FASHION_FILES.items()}
     for split in ("train", "test"):
         img, lab = arrays[f"{split}_images"], arrays[f"{split}_labels"]
