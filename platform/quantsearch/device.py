@@ -34,8 +34,8 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
 
 def model_device(model: torch.nn.Module) -> torch.device:
     """Where a model's parameters (or buffers) live; cpu for a model with neither."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
     return torch.device("cpu")

@@ -16,3 +16,13 @@ def test_platform_holds_only_the_package():
     # platform/ must not become a package (it would shadow the stdlib's platform); build metadata may sit beside
     names = sorted(p.name for p in (ROOT / "platform").iterdir() if not p.name.endswith(".egg-info"))
     assert names == ["quantsearch"]
+
+
+def test_lint_and_test_habits_stay_configured():
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]
+    assert {"UP", "SIM", "RUF", "PT"} <= set(cfg["ruff"]["lint"]["select"])
+    pytest_cfg = cfg["pytest"]["ini_options"]
+    assert "--strict-markers" in pytest_cfg["addopts"]
+    assert {m.split(":")[0] for m in pytest_cfg["markers"]} >= {"slow", "ray", "mlflow", "gpu"}

@@ -60,7 +60,7 @@ def dqss_over_subsets(fp32_path: str | Path, data_spec: DataSpec, dqss: DQSSSpec
     space = {"index": tune.grid_search(list(range(k))), "k": k, "n": target.calib_images, "seed": seed,
              "data": data_spec.model_dump(), "fp32": str(Path(fp32_path).resolve()),
              "out": str(out_dir), "dqss": dqss.model_dump(), "device": "cuda" if dev.type == "cuda" else "cpu"}
-    resources = {"cpu": 1, "gpu": 1.0 / k} if dev.type == "cuda" else {"cpu": 1}
+    resources: dict[str, float] = {"cpu": 1, "gpu": 1.0 / k} if dev.type == "cuda" else {"cpu": 1}
     tuner = tune.Tuner(tune.with_resources(_trial, resources), param_space=space,
                        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent or k),
                        run_config=tune.RunConfig(name=f"dqss-subsets-{out_dir.name}",
@@ -68,7 +68,7 @@ def dqss_over_subsets(fp32_path: str | Path, data_spec: DataSpec, dqss: DQSSSpec
     grid = tuner.fit()
     if grid.errors:
         raise QuantsearchError(f"{len(grid.errors)} DQSS trial(s) failed: {str(grid.errors[0]).splitlines()[0]}")
-    trials = sorted((dict(r.metrics) for r in grid), key=lambda m: m["index"])
+    trials = sorted((dict(grid[i].metrics or {}) for i in range(len(grid))), key=lambda m: m["index"])
     strategies = [Strategy.load(t["strategy"]) for t in trials]
     agree = agreement(strategies)
     combined = combined_choice(strategies)

@@ -8,6 +8,9 @@ In QAT the candidate scales learn too (LSQ gradient per branch, weighted by p_i)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,7 +19,8 @@ from quantsearch.quant.fakequant import _reduce
 
 
 def _codes(x: torch.Tensor, scales: torch.Tensor, zps: torch.Tensor | None, qmin: int, qmax: int,
-           shape: tuple[int, ...], need_mask: bool = True):
+           shape: tuple[int, ...], need_mask: bool = True
+           ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]]:
     """Per candidate i: (s_i, z_i, q_i, mask_i as 0./1.) with q_i = clamp(round(x/s_i) + z_i, qmin, qmax) on the integer
     grid (Q_i(x) = (q_i - z_i) * s_i), as fakequant._forward_with_mask computes it. All branches share ONE set
     of work buffers (each yield is overwritten by the next): fresh multi-MB buffers cost page faults that made
@@ -52,7 +56,8 @@ class _Mixture(torch.autograd.Function):
     <g, Q_i(x)> = s_i (<g, q_i> - z_i sum(g)), which skips two passes over x per branch."""
 
     @staticmethod
-    def forward(ctx, x, p, scales, zps, qmin, qmax, shape):
+    def forward(ctx: Any, x: torch.Tensor, p: torch.Tensor, scales: torch.Tensor, zps: torch.Tensor | None,
+                qmin: int, qmax: int, shape: tuple[int, ...]) -> torch.Tensor:
         out = torch.zeros_like(x)
         offset = None
         # the weights p_i stay on the device (addcmul with a 0-d tensor): no host sync in the forward
@@ -70,7 +75,7 @@ class _Mixture(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, p, scales, zps = ctx.saved_tensors
         qmin, qmax, shape, has_zp = ctx.meta
         grad = grad.contiguous()
@@ -81,11 +86,12 @@ class _Mixture(torch.autograd.Function):
         flat_g = grad.reshape(-1)
         g_sum = flat_g.sum() if has_zp else None
         for i, (s, z, q, mask) in enumerate(_codes(x, scales, zps if has_zp else None, qmin, qmax, shape)):
+            assert mask is not None  # _codes computes it unless told not to
             if weight is not None:
                 weight.addcmul_(mask, p[i])
             if s.dim() == 0 and grad_s is None:
                 dot = torch.dot(flat_g, q.reshape(-1))
-                grad_p[i] = s * (dot if z is None else dot - z * g_sum)
+                grad_p[i] = s * dot if z is None else s * (dot - z * cast(torch.Tensor, g_sum))
                 continue
             xq = _dequant_(q, s, z)
             grad_p[i] = torch.dot(flat_g, xq.reshape(-1))
@@ -102,10 +108,11 @@ def mix_quant(x: torch.Tensor, p: torch.Tensor, scales: torch.Tensor, zps: torch
               qmax: int, per_channel: bool) -> torch.Tensor:
     """sum_i p_i Q(x; scales[i], zps[i]); scales is [N] (per-tensor) or [N, C] (per channel along dim 0)."""
     shape = ((-1,) + (1,) * (x.dim() - 1)) if per_channel else ()
-    return _Mixture.apply(x, p, scales, zps, qmin, qmax, shape)
+    out: torch.Tensor = _Mixture.apply(x, p, scales, zps, qmin, qmax, shape)
+    return out
 
 
-def naive_mixed_forward(layer: nn.Module, x: torch.Tensor, p: torch.Tensor, q: torch.Tensor,
+def naive_mixed_forward(layer: nn.Conv2d | nn.Linear, x: torch.Tensor, p: torch.Tensor, q: torch.Tensor,
                         a_scales: torch.Tensor, a_zps: torch.Tensor | None, a_range: tuple[int, int],
                         w_scales: torch.Tensor, w_zps: torch.Tensor | None, w_range: tuple[int, int],
                         w_per_channel: bool) -> torch.Tensor:

@@ -3,6 +3,7 @@ quantizers while DQSS searches (alpha over an input tensor's candidates, beta ov
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,8 @@ Candidates = dict[str, dict[str, list[torch.Tensor | None]]]
 
 class ActMix(nn.Module):
     """alpha over one activation tensor's scale candidates; shared by every layer that reads that tensor."""
+
+    zps: torch.Tensor | None
 
     def __init__(self, form: QuantForm, nonneg: bool, scales: list[torch.Tensor | None],
                  zps: list[torch.Tensor | None], temperature: float) -> None:
@@ -49,6 +52,8 @@ class ActMix(nn.Module):
 
 class WeightMix(nn.Module):
     """beta over one layer's weight scale candidates (per channel: each candidate is a [C_out] vector)."""
+
+    zps: torch.Tensor | None
 
     def __init__(self, form: QuantForm, scales: list[torch.Tensor | None], zps: list[torch.Tensor | None],
                  temperature: float) -> None:
@@ -99,6 +104,7 @@ def candidate_scales(model: nn.Module, inputs: list[torch.Tensor], candidates: t
                          easyquant_rounds=easyquant_rounds)
         for name, layer in quant_layers(model).items():
             cfg = layer.layer_config()
+            assert cfg is not None  # calibrate_active refused layers without one
             s, z = layer.aq.qparams(cfg.activation)
             out[name]["a_scale"].append(s.detach().abs().clone())
             out[name]["a_zp"].append(None if z is None else z.detach().clone())
@@ -115,7 +121,7 @@ def shared_input_groups(model: nn.Module, example: torch.Tensor) -> dict[str, st
     keep: list[torch.Tensor] = []  # hold the inputs so no id() is reused within the forward
     leader: dict[str, str] = {}
 
-    def hook(name: str):
+    def hook(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
         def pre(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             keep.append(args[0])
             leader[name] = seen.setdefault(id(args[0]), name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 from torch import nn
 
@@ -38,9 +39,11 @@ def _adapt_stem(model: nn.Module, in_channels: int) -> None:
         for cname, child in parent.named_children():
             if isinstance(child, nn.Conv2d):
                 if child.in_channels != in_channels:
+                    pair = cast(tuple[int, int], child.kernel_size), cast(tuple[int, int], child.stride)
+                    padding = cast(str | tuple[int, int], child.padding)
                     setattr(parent, cname, nn.Conv2d(
-                        in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                        child.dilation, child.groups if child.groups == 1 else in_channels,
+                        in_channels, child.out_channels, pair[0], pair[1], padding,
+                        cast(tuple[int, int], child.dilation), child.groups if child.groups == 1 else in_channels,
                         child.bias is not None, child.padding_mode))
                 return
 

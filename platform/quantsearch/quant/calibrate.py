@@ -7,7 +7,7 @@ chooses among); on a model without a config (a supernet) it initialises every fo
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -42,7 +42,7 @@ def collect_inputs(model: nn.Module, inputs: Iterable[Batch], max_samples: int =
 
     batch_index = dict.fromkeys(layers, 0)
 
-    def hook(name: str):
+    def hook(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
         def fn(_m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
             x = inp[0].detach()
             lo, hi = x.min().reshape(1), x.max().reshape(1)  # kept on the device: no host sync per batch
@@ -64,7 +64,7 @@ def collect_inputs(model: nn.Module, inputs: Iterable[Batch], max_samples: int =
                 kept[name] += len(whole[name][-1])
         return fn
 
-    handles = [layer.register_forward_pre_hook(hook(n)) for n, layer in layers.items()]  # type: ignore[attr-defined]
+    handles = [layer.register_forward_pre_hook(hook(n)) for n, layer in layers.items()]
     was = model.training
     model.eval()
     device = model_device(model)
@@ -90,7 +90,7 @@ def calibrate_model(model: nn.Module, inputs: Iterable[Batch], calibrator: Calib
     calibrator = calibrator or MSECalibrator()
     samples, _ = collect_inputs(model, inputs, max_samples, per_batch)
     for name, layer in quant_layers(model).items():
-        layer.wq.calibrate(layer.weight, weight_calibrator or calibrator)  # type: ignore[attr-defined]
+        layer.wq.calibrate(layer.weight, weight_calibrator or calibrator)
         if name in samples:
             layer.aq.calibrate(samples[name], calibrator)
 
@@ -130,14 +130,14 @@ def calibrate_active(model: nn.Module, inputs: Iterable[Batch],
         nonneg = layer.aq.nonneg
         a_cal = tensor_calibrators(a_method)[0]
         w_cal = tensor_calibrators(w_method)[1]
-        ws, wz = w_cal.scale_offset(layer.weight, cfg.weight, False, kind="weight")  # type: ignore[attr-defined]
+        ws, wz = w_cal.scale_offset(layer.weight, cfg.weight, False, kind="weight")
         layer.wq.set_qparams(cfg.weight, ws, wz)
         if name in samples:
             as_, az = a_cal.scale_offset(samples[name], cfg.activation, nonneg, kind="activation")
             layer.aq.set_qparams(cfg.activation, as_, az)
         lead = lead_of.get(name, name)
-        shared = (lead != name and lead in layers and layers[lead].layer_config() is not None
-                  and layers[lead].layer_config().activation == cfg.activation and per_layer[lead][0] == a_method)
+        lead_cfg = layers[lead].layer_config() if lead != name and lead in layers else None
+        shared = lead_cfg is not None and lead_cfg.activation == cfg.activation and per_layer[lead][0] == a_method
         if shared:  # the leader came first (execution order): its input scale, already final, is this tensor's
             layer.aq.nonneg = layers[lead].aq.nonneg
             s_lead, z_lead = layers[lead].aq.qparams(cfg.activation)

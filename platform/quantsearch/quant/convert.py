@@ -10,7 +10,7 @@ from torch import nn
 
 from quantsearch.device import model_device
 from quantsearch.quant.forms import LayerConfig
-from quantsearch.quant.layers import QUANT_LAYER_TYPES, QuantConv2d, QuantLinear, QuantMixin
+from quantsearch.quant.layers import QUANT_LAYER_TYPES, QuantConv2d, QuantLayer, QuantLinear
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def quant_info(model: nn.Module) -> QuantInfo:
     return QuantInfo(tuple(layers), tuple(n for n, layer in layers.items() if layer.pinned))
 
 
-def quant_layers(model: nn.Module) -> dict[str, QuantMixin]:
+def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
     """Quantized layers by module name, in registration order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, QUANT_LAYER_TYPES)}
 
@@ -97,7 +97,8 @@ def convert(model: nn.Module, policy: QuantPolicy | None = None, example: torch.
 
 def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(network weights, quantizer scales/offsets) of a converted model."""
-    quant, weights = [], []
+    quant: list[nn.Parameter] = []
+    weights: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         (quant if (".wq." in name or ".aq." in name) else weights).append(p)
     return weights, quant

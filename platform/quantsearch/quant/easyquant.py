@@ -23,9 +23,10 @@ class EasyQuantResult:
     cos_after: float
 
 
-def _apply(layer: nn.Module, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def _apply(layer: nn.Conv2d | nn.Linear, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     if isinstance(layer, nn.Conv2d):
-        return layer._conv_forward(x, w, layer.bias)
+        out: torch.Tensor = layer._conv_forward(x, w, layer.bias)
+        return out
     return F.linear(x, w, layer.bias)
 
 
@@ -39,8 +40,8 @@ def _cos(a: torch.Tensor, b: torch.Tensor, per_channel: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def easyquant_layer(layer: nn.Module, x: torch.Tensor, w_form: QuantForm, a_form: QuantForm, w_scale: torch.Tensor,
-                    a_scale: torch.Tensor, nonneg: bool, w_zp: torch.Tensor | None = None,
+def easyquant_layer(layer: nn.Conv2d | nn.Linear, x: torch.Tensor, w_form: QuantForm, a_form: QuantForm,
+                    w_scale: torch.Tensor, a_scale: torch.Tensor, nonneg: bool, w_zp: torch.Tensor | None = None,
                     a_zp: torch.Tensor | None = None, steps: int = 100, lo: float = 0.5, hi: float = 2.0,
                     rounds: int = 2) -> EasyQuantResult:
     """Refine (w_scale [C or 1], a_scale [1]) for one conv/linear on its FP32 inputs `x`.

@@ -14,6 +14,7 @@ saved by the forward.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -61,14 +62,15 @@ class _FakeQuant(torch.autograd.Function):
     """STE for x (zero where clipped), LSQ for the scale, LSQ+ for the (real) zero point."""
 
     @staticmethod
-    def forward(ctx, x, scale, zq, qmin, qmax):
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, zq: torch.Tensor | None, qmin: int,
+                qmax: int) -> torch.Tensor:
         out, mask = _forward_with_mask(x, scale, zq, qmin, qmax)
         ctx.save_for_backward(x, out, mask, scale)
         ctx.has_zp = zq is not None
         return out
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, out, mask, scale = ctx.saved_tensors
         grad = grad.contiguous()
         grad_in = torch.where(mask, grad, 0.0)  # one pass; grad * mask would first cast the mask
@@ -90,7 +92,8 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | 
     """Fake-quantize `x`; `scale` (> 0) and `zero_point` (grid units, real-valued) broadcast against x, e.g.
     [C, 1, 1, 1] per channel."""
     zq = None if zero_point is None else zero_point.expand_as(scale)
-    return _FakeQuant.apply(x, scale, zq, qmin, qmax)
+    out: torch.Tensor = _FakeQuant.apply(x, scale, zq, qmin, qmax)
+    return out
 
 
 def fake_quant_reference(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, qmin: int,

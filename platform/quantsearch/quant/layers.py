@@ -10,6 +10,11 @@ from quantsearch.quant.forms import LayerConfig
 from quantsearch.quant.quantizer import ElasticQuantizer
 
 
+def _pair(v: tuple[int, ...]) -> tuple[int, int]:
+    """A conv hyper-parameter as the (h, w) pair Conv2d stores it."""
+    return (v[0], v[1]) if len(v) > 1 else (v[0], v[0])
+
+
 class QuantMixin:
     """Shared API of quantized layers: `wq`, `aq`, `pinned`, set_layer_config / layer_config."""
 
@@ -26,8 +31,8 @@ class QuantMixin:
         """Quantize the input with `aq` and the weight with `wq` instead (DQSS swaps in its mixtures this way);
         returns the (input, weight) quantizers they replace. Anything with a `form` and a forward will do."""
         old = (self.aq, self.wq)
-        nn.Module.__setattr__(self, "aq", aq)
-        nn.Module.__setattr__(self, "wq", wq)
+        self.aq = aq  # type: ignore[assignment]  # a stand-in with the quantizer's interface (form, forward)
+        self.wq = wq  # type: ignore[assignment]
         return old
 
     def layer_config(self) -> LayerConfig | None:
@@ -48,18 +53,21 @@ class QuantConv2d(nn.Conv2d, QuantMixin):
     @classmethod
     def from_float(cls, m: nn.Conv2d) -> QuantConv2d:
         """Copy a float conv's hyper-parameters and weights."""
-        q = cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+        q = cls(m.in_channels, m.out_channels, _pair(m.kernel_size), _pair(m.stride),
+                m.padding if isinstance(m.padding, str) else _pair(m.padding), _pair(m.dilation), m.groups,
                 m.bias is not None, m.padding_mode, device=m.weight.device, dtype=m.weight.dtype)
         with torch.no_grad():
             q.weight.copy_(m.weight)
-            if m.bias is not None:
+            if m.bias is not None and q.bias is not None:
                 q.bias.copy_(m.bias)
         q._init_quant()
-        return q.to(m.weight.device)  # the quantizer tables live where the weights do
+        q.to(m.weight.device)  # the quantizer tables live where the weights do
+        return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Convolution of the quantized input with the quantized weight."""
-        return self._conv_forward(self.aq(x), self.wq(self.weight), self.bias)
+        out: torch.Tensor = self._conv_forward(self.aq(x), self.wq(self.weight), self.bias)
+        return out
 
 
 class QuantLinear(nn.Linear, QuantMixin):
@@ -79,7 +87,8 @@ class QuantLinear(nn.Linear, QuantMixin):
             if m.bias is not None:
                 q.bias.copy_(m.bias)
         q._init_quant()
-        return q.to(m.weight.device)  # the quantizer tables live where the weights do
+        q.to(m.weight.device)  # the quantizer tables live where the weights do
+        return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Linear map of the quantized input with the quantized weight."""
@@ -87,3 +96,4 @@ class QuantLinear(nn.Linear, QuantMixin):
 
 
 QUANT_LAYER_TYPES = (QuantConv2d, QuantLinear)
+QuantLayer = QuantConv2d | QuantLinear

@@ -9,6 +9,8 @@ at the same pace as the data whatever the bit-width; stored in grid units and ro
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -31,6 +33,8 @@ class ElasticQuantizer(nn.Module):
     any forward. `nonneg` (unsigned grid) is a Python flag decided at calibration and kept in the state dict's
     extra state, so the forward never reads a tensor on the host.
     """
+
+    calibrated: torch.Tensor
 
     def __init__(self, kind: str, channels: int = 1) -> None:
         super().__init__()
@@ -57,7 +61,7 @@ class ElasticQuantizer(nn.Module):
         """Inverse of get_extra_state."""
         self.nonneg = bool(state["nonneg"])
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # state dicts written before offsets were learnable: zero points in grid units, nonneg as a buffer
         if prefix + "nonneg" in state_dict and prefix + "_extra_state" not in state_dict:
             state_dict[prefix + "_extra_state"] = {"nonneg": bool(state_dict.pop(prefix + "nonneg"))}

@@ -34,13 +34,17 @@ class TorchObserverCalibrator(Calibrator):
             # scheme gives exactly that for data >= 0, its symmetric quint8 scheme would centre the grid instead
             symmetric = form.symmetric and qmin < 0
             dtype = torch.qint8 if qmin < 0 else torch.quint8
-            kw = {"dtype": dtype, "quant_min": qmin, "quant_max": qmax}
+            ob: obs.ObserverBase
             if form.per_channel:
                 ob = obs.PerChannelMinMaxObserver(
-                    ch_axis=0, qscheme=torch.per_channel_symmetric if symmetric else torch.per_channel_affine, **kw)
+                    ch_axis=0, qscheme=torch.per_channel_symmetric if symmetric else torch.per_channel_affine,
+                    dtype=dtype, quant_min=qmin, quant_max=qmax)
             else:
-                cls = obs.HistogramObserver if self.observer == "histogram" else obs.MinMaxObserver
-                ob = cls(qscheme=torch.per_tensor_symmetric if symmetric else torch.per_tensor_affine, **kw)
+                qscheme = torch.per_tensor_symmetric if symmetric else torch.per_tensor_affine
+                if self.observer == "histogram":
+                    ob = obs.HistogramObserver(qscheme=qscheme, dtype=dtype, quant_min=qmin, quant_max=qmax)
+                else:
+                    ob = obs.MinMaxObserver(qscheme=qscheme, dtype=dtype, quant_min=qmin, quant_max=qmax)
             t = x.detach().float()
             ob(t if form.per_channel else t.reshape(-1))
             scale, zp = ob.calculate_qparams()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -40,18 +41,20 @@ def layer_costs(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCos
     layers = quant_layers(model)
     found: dict[str, LayerCost] = {}
 
-    def hook(name: str):
+    def hook(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
         def fn(m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
             x = inp[0]
             if isinstance(m, nn.Conv2d):
                 k = (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
                 macs = out[0].numel() * k
-            else:
+            elif isinstance(m, nn.Linear):
                 macs = m.in_features * m.out_features * (x[0].numel() // m.in_features)
+            else:
+                raise TypeError(f"{name} is not a conv or linear layer")
             found[name] = LayerCost(name, int(macs), int(m.weight.numel()), int(x[0].numel()), int(out[0].numel()))
         return fn
 
-    handles = [layer.register_forward_hook(hook(n)) for n, layer in layers.items()]  # type: ignore[attr-defined]
+    handles = [layer.register_forward_hook(hook(n)) for n, layer in layers.items()]
     was = model.training
     model.eval()
     try:

@@ -23,7 +23,7 @@ def wdr_loss(model: nn.Module, w_kurt: float = 0.015, w_skew: float = 1.0, skip_
         names = names[1:]
     skews, kurts = [], []
     for name in names:
-        w = layers[name].weight.reshape(-1)  # type: ignore[attr-defined]
+        w = layers[name].weight.reshape(-1)
         if w.numel() < 2:
             continue
         z = (w - w.mean()) / (w.std(unbiased=False) + 1e-8)

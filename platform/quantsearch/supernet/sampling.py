@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -85,10 +86,10 @@ class SandwichSampler:
             out.append(SubnetConfig(tuple(layers)))
         return out
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         """The generator state (plain python types, safe for weights_only checkpoints)."""
-        return self.rng.bit_generator.state
+        return dict(self.rng.bit_generator.state)
 
-    def set_state(self, state: dict) -> None:
+    def set_state(self, state: dict[str, Any]) -> None:
         """Restore the generator state."""
         self.rng.bit_generator.state = state

@@ -58,7 +58,7 @@ def save_table(rows: list[Row], out_dir: str | Path) -> dict[str, Path]:
     atomic_write_bytes(paths["parquet"], buf.getvalue())
     fig, ax = plt.subplots(figsize=(6, 4))
     for form in sorted({str(r["form"]) for r in rows}):
-        pts = sorted((int(r["bits"]), 100 * float(r["test_acc"])) for r in rows if r["form"] == form)  # type: ignore[arg-type]
+        pts = sorted((int(str(r["bits"])), 100 * float(str(r["test_acc"]))) for r in rows if r["form"] == form)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=form)
     ax.set_xlabel("bits (weights = activations)")
     ax.set_ylabel("test accuracy %")
