@@ -4,7 +4,7 @@ final p and q. Frozen, JSON round-trip (the `strategy.json` format), and applied
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from quantsearch.dqss.mixers import Mixer
 from quantsearch.errors import ConfigError
 from quantsearch.quant.convert import quant_layers
 from quantsearch.space.build import quantize
-from quantsearch.space.subnet import SubnetConfig, set_config
+from quantsearch.space.subnet import NamedLayers, SubnetConfig, set_config
 
 STRATEGY_FORMAT = "quantsearch-dqss-strategy/1"
 
@@ -62,7 +62,7 @@ class LayerStrategy:
 
 
 @dataclass(frozen=True)
-class Strategy(Mapping[str, LayerStrategy]):
+class Strategy(NamedLayers[LayerStrategy]):
     """A DQSS result: a LayerStrategy per quantized layer (a mapping by layer name), the config (bits and forms
     per layer) it quantizes to, the candidate calibrators, the mode, and what the search ran with (`search`).
 
@@ -76,18 +76,6 @@ class Strategy(Mapping[str, LayerStrategy]):
     search: Mapping[str, Any] = field(default_factory=dict, compare=False)
     weights: str | None = None
     input_shape: tuple[int, ...] | None = None
-
-    def __getitem__(self, key: str) -> LayerStrategy:
-        for name, st in self.layers:
-            if name == key:
-                return st
-        raise KeyError(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return (name for name, _ in self.layers)
-
-    def __len__(self) -> int:
-        return len(self.layers)
 
     def __hash__(self) -> int:
         return hash((self.layers, self.config, self.candidates, self.mode))

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -15,9 +15,30 @@ from quantsearch.errors import ConfigError
 from quantsearch.quant.convert import quant_info, quant_layers
 from quantsearch.quant.forms import LayerConfig, QuantForm
 
+V = TypeVar("V")
+
+
+class NamedLayers(Mapping[str, V]):
+    """A read-only mapping over `self.layers`, a tuple of (layer name, value) pairs in execution order (the frozen,
+    hashable storage of SubnetConfig and the DQSS Strategy)."""
+
+    layers: tuple[tuple[str, V], ...]
+
+    def __getitem__(self, key: str) -> V:
+        for name, value in self.layers:
+            if name == key:
+                return value
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
 
 @dataclass(frozen=True)
-class SubnetConfig(Mapping[str, LayerConfig]):
+class SubnetConfig(NamedLayers[LayerConfig]):
     """Maps layer names to LayerConfig; stored as a sorted tuple so it hashes and compares by value."""
 
     layers: tuple[tuple[str, LayerConfig], ...]
@@ -26,18 +47,6 @@ class SubnetConfig(Mapping[str, LayerConfig]):
     def from_mapping(cls, m: Mapping[str, LayerConfig]) -> SubnetConfig:
         """Build from any name -> LayerConfig mapping (order kept)."""
         return cls(tuple(m.items()))
-
-    def __getitem__(self, key: str) -> LayerConfig:
-        for name, cfg in self.layers:
-            if name == key:
-                return cfg
-        raise KeyError(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return (name for name, _ in self.layers)
-
-    def __len__(self) -> int:
-        return len(self.layers)
 
     def __hash__(self) -> int:
         return hash(self.layers)
