@@ -339,6 +339,59 @@ class DQSSSpec(_Strict):
         return self.scale_lr if self.scale_lr is not None else (1e-3 if self.mode == "qat" else 0.0)
 
 
+class SampleSpec(_Strict):
+    """Sampling and measuring subnets of a trained supernet (the data CQAP is fitted on)."""
+
+    subnets: int = Field(300, ge=1, description="subnets to measure (stratified over average bits and net forms)")
+    chunk: int = Field(25, ge=1, description="subnets per Ray Tune trial (the supernet is loaded once per trial)")
+    workers: int = Field(0, ge=0, description="parallel Tune trials; 0 measures in-process without Ray")
+    bn_images: int = Field(512, ge=1, description="images for BN recalibration before measuring each subnet")
+    val_images: int | None = Field(None, ge=1, description="measure on this many val images (default: all of val)")
+    forms: Literal["all", "first"] = Field("all", description="all: every network-wide form the profile allows; "
+                                           "first: the profile's first form only")
+    seed: int | None = Field(None, description="sampling seed; default the job seed")
+    checkpoint: str | None = Field(None, description="supernet checkpoint; default <output_dir>/supernet/supernet.pt")
+
+
+class PredictorSpec(_Strict):
+    """Fitting CQAP, the conditional quantization-aware accuracy predictor, on measured subnets."""
+
+    model: Literal["mlp", "gbr"] = Field("mlp", description="mlp: EQ-Net's CQAP; gbr: sklearn gradient boosting")
+    hidden: int = Field(200, ge=1, description="MLP layer width")
+    layers: int = Field(3, ge=1, description="MLP hidden layers")
+    epochs: int = Field(300, ge=1, description="MLP training epochs (full batch)")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    holdout: float = Field(0.25, gt=0, lt=1, description="share of measured subnets held out for the metrics")
+    bands: int = Field(4, ge=1, description="BitOps bands (quantiles) the banded rank metrics are computed in")
+    seed: int | None = Field(None, description="split and init seed; default the job seed")
+
+
+class SearchBudget(_Strict):
+    """Constraints a searched subnet must meet (at least one)."""
+
+    bitops: float | None = Field(None, gt=0, description="at most this many BitOps (MACs x w-bits x a-bits)")
+    weight_bytes: float | None = Field(None, gt=0, description="at most this many bytes of weights")
+    avg_bits: float | None = Field(None, gt=0, description="at most this mean of per-layer (w+a)/2 bits")
+
+
+class SearchSpec(_Strict):
+    """NSGA-II mixed-precision search over the supernet's space under a budget."""
+
+    profile: str = Field("generic", description="backend profile the searched configs must be deployable on")
+    budget: SearchBudget = SearchBudget()
+    fitness: Literal["predictor", "measured"] = Field("predictor", description="predictor: CQAP; measured: "
+                                                      "each new individual measured on the supernet")
+    objectives: list[Literal["accuracy", "bitops", "weight_bytes"]] = Field(
+        default_factory=lambda: ["accuracy", "bitops"], description="accuracy is maximised, costs minimised")
+    population: int = Field(64, ge=4)
+    generations: int = Field(30, ge=1)
+    finalists: int = Field(5, ge=1, description="top-k of the predicted front measured for real")
+    forms: Literal["all", "first"] = Field("all", description="network-wide forms searched (as in sampling)")
+    seed: int | None = Field(None, description="default the job seed")
+    dqss: bool = Field(False, description="run DQSS on the best subnet's per-layer bits (needs a dqss section)")
+
+
 class JobSpec(_Strict):
     """A whole job: which data and model, how to train, where results go."""
 
@@ -354,6 +407,9 @@ class JobSpec(_Strict):
     qat: QATSpec | None = None
     supernet: SupernetSpec | None = None
     dqss: DQSSSpec | None = None
+    sample: SampleSpec | None = None
+    predictor: PredictorSpec | None = None
+    search: SearchSpec | None = None
 
     @model_validator(mode="before")
     @classmethod

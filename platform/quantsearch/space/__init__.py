@@ -8,7 +8,7 @@ from quantsearch.space.build import (
     resolve_config,
 )
 from quantsearch.space.cost import Cost, LayerCost, layer_costs, subnet_cost
-from quantsearch.space.space import SearchSpace
+from quantsearch.space.space import NetForm, SearchSpace, net_forms
 from quantsearch.space.subnet import (
     SubnetConfig,
     get_config,
@@ -20,7 +20,7 @@ from quantsearch.space.subnet import (
 )
 
 __all__ = [
-    "Cost", "LayerCost", "SearchSpace", "SubnetConfig", "build_model_from_checkpoint", "get_config", "layer_costs",
-    "load_model", "model_uniform", "parse_uniform", "pinned_layers", "quantize", "quantized_model",
-    "resolve_config", "set_config", "subnet_cost", "uniform_config",
+    "Cost", "LayerCost", "NetForm", "SearchSpace", "SubnetConfig", "build_model_from_checkpoint", "get_config",
+    "layer_costs", "load_model", "model_uniform", "net_forms", "parse_uniform", "pinned_layers", "quantize",
+    "quantized_model", "resolve_config", "set_config", "subnet_cost", "uniform_config",
 ]

@@ -2,34 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from quantsearch.quant.forms import LayerConfig, QuantForm
-from quantsearch.space.space import SearchSpace
+from quantsearch.space.space import NetForm, SearchSpace, net_forms
 from quantsearch.space.subnet import SubnetConfig
-
-
-@dataclass(frozen=True)
-class NetForm:
-    """A network-wide form: weight granularity, weight symmetry, activation symmetry."""
-
-    granularity: str
-    w_symmetric: bool
-    a_symmetric: bool
-
-    def label(self) -> str:
-        """Short label such as 'pc-sym/asym'."""
-        return (f"{'pc' if self.granularity == 'per_channel' else 'pt'}-"
-                f"{'sym' if self.w_symmetric else 'asym'}/{'sym' if self.a_symmetric else 'asym'}")
-
-
-def net_forms(space: SearchSpace) -> list[NetForm]:
-    """Every network-wide form the space's profile allows."""
-    p = space.profile
-    return [NetForm(g, ws, as_) for g in p.weight_granularity for ws in p.weight_symmetric for as_ in p.act_symmetric]
 
 
 class SandwichSampler:
