@@ -367,6 +367,9 @@ class PredictorSpec(_Strict):
     seed: int | None = Field(None, description="split and init seed; default the job seed")
 
 
+Objective = Literal["accuracy", "bitops", "weight_bytes"]
+
+
 class SearchBudget(_Strict):
     """Constraints a searched subnet must meet (at least one)."""
 
@@ -382,8 +385,8 @@ class SearchSpec(_Strict):
     budget: SearchBudget = SearchBudget()
     fitness: Literal["predictor", "measured"] = Field("predictor", description="predictor: CQAP; measured: "
                                                       "each new individual measured on the supernet")
-    objectives: list[Literal["accuracy", "bitops", "weight_bytes"]] = Field(
-        default_factory=lambda: ["accuracy", "bitops"], description="accuracy is maximised, costs minimised")
+    objectives: list[Objective] = Field(default_factory=lambda: list[Objective](("accuracy", "bitops")),
+                                        description="accuracy is maximised, costs minimised")
     population: int = Field(64, ge=4)
     generations: int = Field(30, ge=1)
     finalists: int = Field(5, ge=1, description="top-k of the predicted front measured for real")
