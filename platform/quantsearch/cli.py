@@ -330,6 +330,56 @@ def cmd_supernet_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_spec(args: argparse.Namespace) -> object:
+    """The job spec with the search-half flags applied (given flags override the spec; sections default)."""
+    from quantsearch.config import load_job
+
+    spec = load_job(args.job, args.set or [])
+    if getattr(args, "device", None):
+        spec = _override(spec, **{"": {"device": args.device}})  # type: ignore[assignment]
+    return spec
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Sample and measure subnets of the job's trained supernet (the measured table CQAP is fitted on)."""
+    from quantsearch.pipeline import run_job
+
+    spec = _override(_search_spec(args), sample={"subnets": args.subnets, "workers": args.workers,
+                                                 "chunk": args.chunk, "checkpoint": args.checkpoint})
+    run_job(spec, progress=not args.quiet, stages=["sample"], workers=args.workers,  # type: ignore[arg-type]
+            address=args.address)
+    return 0
+
+
+def cmd_predictor_fit(args: argparse.Namespace) -> int:
+    """Fit CQAP on the measured table: the job's sample folder, or an MLflow sampling run's artifacts."""
+    from quantsearch.pipeline import run_job
+
+    spec = _override(_search_spec(args), predictor={"model": args.model, "epochs": args.epochs})
+    if args.tracking_uri:
+        spec = _override(spec, **{"": {"tracking_uri": args.tracking_uri}})
+    run_job(spec, progress=not args.quiet, stages=["predictor"], from_run=args.from_run)  # type: ignore[arg-type]
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """NSGA-II mixed-precision search under a budget; finalists measured for real (val, then test once)."""
+    from quantsearch.pipeline import run_job
+
+    budget = {"bitops": args.budget_bitops, "weight_bytes": args.budget_bytes, "avg_bits": args.budget_avg_bits}
+    values: dict[str, object] = {"profile": args.profile, "fitness": args.fitness, "population": args.population,
+                                 "generations": args.generations, "finalists": args.finalists}
+    spec = _search_spec(args)
+    if any(v is not None for v in budget.values()):  # flags replace the spec's whole budget
+        values["budget"] = {k: v for k, v in budget.items() if v is not None}
+    spec = _override(spec, search=values)
+    if args.dqss:
+        spec = _override(spec, search={"dqss": True})
+    run_job(spec, progress=not args.quiet, stages=["search"], workers=args.workers,  # type: ignore[arg-type]
+            address=args.address)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = _Parser(prog="quantsearch", description="Find how to quantize a CNN for a target, and prove it on real data.")
@@ -485,6 +535,51 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--quiet", action="store_true")
     device_opt(st, spec_based=True)
     st.set_defaults(func=cmd_supernet_train)
+
+    def tune_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--workers", type=int, default=None,
+                        help="parallel Ray Tune trials measuring subnets (0: in-process; default sample.workers)")
+        sp.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+        sp.add_argument("--quiet", action="store_true")
+
+    sa = sub.add_parser("sample", help="sample and measure subnets of the job's trained supernet (for CQAP)")
+    job_opts(sa, positional=True)
+    sa.add_argument("--subnets", type=int, default=None, help="subnets to measure (default sample.subnets, 300)")
+    sa.add_argument("--chunk", type=int, default=None, help="subnets per Tune trial")
+    sa.add_argument("--checkpoint", default=None, help="supernet checkpoint (default <output_dir>/supernet)")
+    tune_opts(sa)
+    device_opt(sa, spec_based=True)
+    sa.set_defaults(func=cmd_sample)
+
+    pr = sub.add_parser("predictor", help="CQAP accuracy predictor").add_subparsers(dest="action", required=True,
+                                                                                    parser_class=_Parser)
+    pf = pr.add_parser("fit", help="fit CQAP on measured subnets; print held-out Kendall/Spearman/RMSE")
+    job_opts(pf, positional=True)
+    pf.add_argument("--from-run", default=None, metavar="RUN_ID",
+                    help="read the measured table from this MLflow sampling run (its sample/ artifacts)")
+    pf.add_argument("--tracking-uri", default=None, help="MLflow URI of --from-run (default: the job's)")
+    pf.add_argument("--model", choices=["mlp", "gbr"], default=None, help="mlp (CQAP, default) or gbr")
+    pf.add_argument("--epochs", type=int, default=None, help="MLP epochs")
+    pf.add_argument("--quiet", action="store_true")
+    pf.set_defaults(func=cmd_predictor_fit)
+
+    se = sub.add_parser("search", help="NSGA-II mixed-precision search under a budget, finalists measured")
+    job_opts(se, positional=True)
+    se.add_argument("--budget-bitops", default=None, metavar="X|WbAb",
+                    help="at most X BitOps, or those of a uniform config (e.g. W3A3)")
+    se.add_argument("--budget-bytes", default=None, metavar="N|WbAb", help="at most N bytes of weights")
+    se.add_argument("--budget-avg-bits", type=float, default=None, metavar="B",
+                    help="at most B mean per-layer (w+a)/2 bits")
+    se.add_argument("--profile", default=None, help="backend profile searched (within the supernet's)")
+    se.add_argument("--fitness", choices=["predictor", "measured"], default=None,
+                    help="predictor: CQAP (default); measured: every new individual measured on the supernet")
+    se.add_argument("--population", type=int, default=None)
+    se.add_argument("--generations", type=int, default=None)
+    se.add_argument("--finalists", type=int, default=None, help="front members measured for real")
+    se.add_argument("--dqss", action="store_true", help="then DQSS on the best subnet's bits (needs a dqss section)")
+    tune_opts(se)
+    device_opt(se, spec_based=True)
+    se.set_defaults(func=cmd_search)
     return p
 
 

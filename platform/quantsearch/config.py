@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -373,9 +374,35 @@ Objective = Literal["accuracy", "bitops", "weight_bytes"]
 class SearchBudget(_Strict):
     """Constraints a searched subnet must meet (at least one)."""
 
-    bitops: float | None = Field(None, gt=0, description="at most this many BitOps (MACs x w-bits x a-bits)")
-    weight_bytes: float | None = Field(None, gt=0, description="at most this many bytes of weights")
+    bitops: float | str | None = Field(None, description="at most this many BitOps (MACs x w-bits x a-bits), or "
+                                       "those of a uniform config: 'W3A3'")
+    weight_bytes: float | str | None = Field(None, description="at most this many bytes of weights, or a uniform "
+                                             "config's: 'W4A4'")
     avg_bits: float | None = Field(None, gt=0, description="at most this mean of per-layer (w+a)/2 bits")
+
+    @field_validator("bitops", "weight_bytes")
+    @classmethod
+    def _number_or_uniform(cls, v: float | str | None) -> float | str | None:
+        if v is None:
+            return v
+        if isinstance(v, str):
+            with contextlib.suppress(ValueError):
+                v = float(v)
+        if isinstance(v, str):
+            from quantsearch.space.subnet import parse_uniform
+
+            try:
+                parse_uniform(v)
+            except ConfigError as exc:
+                raise ValueError(f"give a number or a uniform config like W3A3 ({exc})") from exc
+            return v.removeprefix("uniform:")
+        if v <= 0:
+            raise ValueError("must be > 0")
+        return float(v)
+
+    def is_set(self) -> bool:
+        """Whether any limit is given."""
+        return any(v is not None for v in (self.bitops, self.weight_bytes, self.avg_bits))
 
 
 class SearchSpec(_Strict):

@@ -1,4 +1,5 @@
-"""Run a job spec's stages in order (FP32 -> QAT baseline -> DQSS -> supernet), tracked in one MLflow parent run."""
+"""Run a job spec's stages in order (FP32 -> QAT baseline -> DQSS -> supernet -> sample -> predictor -> search), tracked
+in one MLflow parent run."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from quantsearch.data import PreparedData, prepare_data
 from quantsearch.errors import ConfigError
 from quantsearch.tracking import JobTracker
 
-STAGES = ("fp32", "qat", "dqss", "supernet")
+STAGES = ("fp32", "qat", "dqss", "supernet", "sample", "predictor", "search")
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,45 @@ class StageRow:
     val_acc: float
     test_acc: float
     seconds: float
+    bitops: float = float("nan")
 
 
 def configured_stages(spec: JobSpec) -> list[str]:
     """The stages a spec asks for, in order."""
     return (["fp32"] + (["qat"] if spec.qat else []) + (["dqss"] if spec.dqss else [])
-            + (["supernet"] if spec.supernet else []))
+            + (["supernet"] if spec.supernet else []) + (["sample"] if spec.sample else [])
+            + (["predictor"] if spec.predictor else []) + (["search"] if spec.search else []))
+
+
+def check_search_inputs(spec: JobSpec, stages: list[str]) -> None:
+    """The files the search half reads must exist unless an earlier stage of this run writes them: the supernet
+    checkpoint (sample, search), the measured table (predictor), the fitted predictor (search with CQAP)."""
+    from quantsearch.supernet.sample_job import supernet_checkpoint
+
+    out = Path(spec.output_dir)
+    sample = spec.sample
+    needs_sn = [s for s in ("sample", "search") if s in stages]
+    ckpt = supernet_checkpoint(spec, sample.checkpoint if sample else None)
+    if needs_sn and "supernet" not in stages and not ckpt.is_file():
+        raise ConfigError(f"{needs_sn[0]} needs a trained supernet at {ckpt}: run `quantsearch supernet train` "
+                          "first, or set sample.checkpoint")
+    if "predictor" in stages and "sample" not in stages and not (out / "sample" / "measured.parquet").is_file():
+        raise ConfigError(f"predictor needs measured subnets at {out / 'sample' / 'measured.parquet'}: run "
+                          "`quantsearch sample` first (or `quantsearch predictor fit --from-run RUN_ID`)")
+    search = spec.search
+    if search is not None and "search" in stages:
+        if not search.budget.is_set():
+            raise ConfigError("search needs a budget: search.budget.bitops, .weight_bytes or .avg_bits "
+                              "(CLI: --budget-bitops W3A3 | --budget-bytes N | --budget-avg-bits B)")
+        from quantsearch.quant import get_profile
+
+        get_profile(search.profile)
+        if search.fitness == "predictor" and "predictor" not in stages \
+                and not (out / "predictor" / "predictor").is_dir():
+            raise ConfigError(f"search with fitness: predictor needs a fitted CQAP at {out / 'predictor'}: run "
+                              "`quantsearch predictor fit` first, or use --fitness measured")
+        if search.dqss and spec.dqss is None:
+            raise ConfigError("search.dqss runs DQSS on the best subnet: add a dqss section (its mode and iters)")
 
 
 def _explicit_checkpoints(spec: JobSpec, stages: list[str]) -> list[tuple[str, Path]]:
@@ -92,6 +126,7 @@ def preflight(spec: JobSpec, stages: list[str] | None = None, check_device: bool
         qmodel = quantized_model(ck, example) if ck else convert(model, QuantPolicy(), example)
         resolve_config(section.target, qmodel)  # deployable on its profile
     check_calibration(spec, data, stages)
+    check_search_inputs(spec, stages)
     return data
 
 
@@ -155,11 +190,120 @@ def _supernet_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out:
                      float(r["test_acc"]), seconds if i == 0 else 0.0) for i, r in enumerate(rows)]  # type: ignore[arg-type]
 
 
+def _chunk_runner(spec: JobSpec, out: Path, name: str, workers: int | None, address: str | None, test: bool = False
+                  ) -> object | None:
+    """Ray Tune trials measuring chunks when spec.sample.workers > 0 (else None: in-process)."""
+    from quantsearch.config import SampleSpec
+
+    ss = spec.sample or SampleSpec()
+    n = ss.workers if workers is None else workers
+    if n <= 0:
+        return None
+    from quantsearch.device import resolve_device
+    from quantsearch.distributed.tune_sample import tune_chunks
+    from quantsearch.supernet.sample_job import context_args
+
+    dev = "cuda" if resolve_device(spec.device).type == "cuda" else "cpu"
+    return tune_chunks(context_args(spec), n, out / "ray", name, address, dev, test)
+
+
+def _sample_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out: Path, workers: int | None,
+                  address: str | None) -> list[StageRow]:
+    from quantsearch.config import SampleSpec
+    from quantsearch.device import resolve_device
+    from quantsearch.supernet.sample_job import sample_job
+    from quantsearch.tracking.search_tracking import chunk_logger, log_sample
+
+    ss = spec.sample or SampleSpec()
+    with tracker.child("sample", {"sample": ss.model_dump()}):
+        res = sample_job(spec, data, out / "sample", _chunk_runner(spec, out, "sample", workers, address),  # type: ignore[arg-type]
+                         on_chunk=chunk_logger(tracker), device=resolve_device(spec.device))
+        log_sample(tracker, res)
+    accs = [float(r["val_acc"]) for r in res.rows]
+    return [StageRow(f"sample: {len(res.rows)} subnets ({res.new} new)", "val mean", sum(accs) / max(len(accs), 1),
+                     float("nan"), res.seconds)]
+
+
+def _predictor_stage(spec: JobSpec, tracker: JobTracker, out: Path, from_run: str | None = None) -> list[StageRow]:
+    from quantsearch.config import PredictorSpec
+    from quantsearch.predictor.job import fit_predictor_job, load_sample_dir
+    from quantsearch.tracking.predictor_tracking import log_predictor, measured_table_from_run
+
+    ps = spec.predictor or PredictorSpec()
+    with tracker.child("predictor", {"predictor": ps.model_dump(), "from_run": from_run or ""}):
+        folder = out / "sample"
+        if from_run:
+            folder = measured_table_from_run(tracker.uri, from_run, out / "predictor" / "from-run")
+        rows, space = load_sample_dir(folder)
+        res = fit_predictor_job(rows, space, ps, out / "predictor", spec.seed, compare=True)
+        log_predictor(tracker, res)
+    m = res.fit.report
+    return [StageRow(f"CQAP {ps.model}: held-out tau {m.overall.tau:.3f} (BitOps bands {m.band_tau:.3f}; "
+                     f"proxy avg-bits {m.overall.tau_avg_bits:.3f})", f"{m.n_heldout} held out", float("nan"),
+                     float("nan"), m.fit_seconds)]
+
+
+def _search_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out: Path, progress: bool,
+                  workers: int | None, address: str | None, console: Console) -> tuple[list[StageRow], object]:
+    from quantsearch.config import SearchSpec
+    from quantsearch.device import resolve_device
+    from quantsearch.search.job import search_job
+    from quantsearch.tracking.search_tracking import log_search
+
+    ss = spec.search or SearchSpec()
+    fitness = None
+    if ss.fitness == "predictor":
+        from quantsearch.predictor import Predictor
+
+        fitness = Predictor.load(out / "predictor" / "predictor").predict
+
+    def show(gen: int, stats: object) -> None:
+        if progress:
+            console.print(f"  search generation {gen}/{ss.generations}: {stats}")
+
+    with tracker.child("search", {"search": ss.model_dump()}):
+        res = search_job(spec, data, out / "search", fitness,
+                         run_chunks=_chunk_runner(spec, out, "search-measure", workers, address),  # type: ignore[arg-type]
+                         run_chunks_test=_chunk_runner(spec, out, "search-finalists", workers, address, True),  # type: ignore[arg-type]
+                         progress=show, device=resolve_device(spec.device))
+        log_search(tracker, res)
+    rows = [StageRow(f"supernet uniform {u['label']}", "within budget" if u["within_budget"] else "over budget",
+                     u["val_acc"], u["test_acc"], 0.0, u["bitops"]) for u in res.uniform]
+    b = res.best
+    rows.append(StageRow(f"searched mixed ({ss.fitness}; CQAP {100 * b['predicted_acc']:.2f})",
+                         f"mean W{b['avg_w_bits']:.2f}A{b['avg_a_bits']:.2f}", b["val_acc"], b["test_acc"],
+                         res.search_seconds + res.measure_seconds, b["bitops"]))
+    return rows, res
+
+
+def _dqss_on_best(spec: JobSpec, data: PreparedData, tracker: JobTracker, out: Path, progress: bool,
+                  bitops: float) -> list[StageRow]:
+    """DQSS-PTQ/QAT of the FP32 model at the searched subnet's per-layer bits (search.dqss)."""
+    from quantsearch.dqss import run_dqss
+    from quantsearch.tracking.dqss_tracking import log_dqss_run
+
+    dq = spec.dqss
+    assert dq is not None
+    best = out / "search" / "best.json"
+    dq_best = dq.model_copy(update={"target": dq.target.model_copy(update={"config": str(best)})})
+    with tracker.child("dqss-best", {"dqss": dq_best.model_dump()}):
+        res = run_dqss(dq_best, spec.fp32_checkpoint("dqss"), data, out / "dqss-best", spec.seed, progress,
+                       device=spec.device)
+        log_dqss_run(tracker, res)
+    return [StageRow(f"searched mixed + DQSS-{dq.mode.upper()} (FP32 weights)", "best.json bits", res.val_acc,
+                     res.test_acc, res.search_seconds + res.finetune_seconds, bitops)]
+
+
 def run_job(spec: JobSpec, progress: bool = True, console: Console | None = None, stages: list[str] | None = None,
-            workers: int | None = None, use_gpu: bool | None = None, address: str | None = None) -> list[StageRow]:
-    """Run the requested (default: configured) stages; write <output_dir>/results.json; return the rows."""
+            workers: int | None = None, use_gpu: bool | None = None, address: str | None = None,
+            from_run: str | None = None) -> list[StageRow]:
+    """Run the requested (default: configured) stages; write <output_dir>/results.json; return the rows.
+
+    `workers` overrides the Ray workers of the stage it is given for (Train workers for the supernet, Tune trials
+    for sample/search); `from_run` makes the predictor read its measured table from that MLflow run."""
     from quantsearch.train import train_fp32, train_qat
 
+    workers_given = workers
     console = console or Console()
     stages = stages or configured_stages(spec)
     sn = spec.supernet or SupernetSpec()
@@ -175,10 +319,11 @@ def run_job(spec: JobSpec, progress: bool = True, console: Console | None = None
     with tracker.parent(tags={"profile": sn.profile, "stages": ",".join(stages)}):
         console.print(f"[bold]{spec.name}[/]: {spec.model.name} on {data.bundle.name} (train {len(data.train)}, "
                       f"val {len(data.val)}, test {len(data.test)}) -> {out}; MLflow {tracker.uri}")
-        with tracker.child("fp32"):
-            fp = train_fp32(spec, data, out / "fp32", progress=progress)
-            tracker.log_metrics({"val_acc": fp.val_acc, "test_acc": fp.test_acc, "seconds": fp.seconds})
-        rows.append(StageRow("fp32", "FP32", fp.val_acc, fp.test_acc, fp.seconds))
+        if "fp32" in stages:
+            with tracker.child("fp32"):
+                fp = train_fp32(spec, data, out / "fp32", progress=progress)
+                tracker.log_metrics({"val_acc": fp.val_acc, "test_acc": fp.test_acc, "seconds": fp.seconds})
+            rows.append(StageRow("fp32", "FP32", fp.val_acc, fp.test_acc, fp.seconds))
         if "qat" in stages and spec.qat is not None:
             with tracker.child("qat", {"qat": spec.qat.model_dump()}):
                 q = train_qat(spec, data, out / "qat", progress=progress)
@@ -191,18 +336,46 @@ def run_job(spec: JobSpec, progress: bool = True, console: Console | None = None
             rows += _dqss_stage(spec, data, tracker, out, progress, address)
         if "supernet" in stages:
             rows += _supernet_stage(spec, data, tracker, out, progress, workers, use_gpu, address)
+        tune_workers = None if workers_given is None else workers_given
+        if "sample" in stages:
+            rows += _sample_stage(spec, data, tracker, out, tune_workers, address)
+        if "predictor" in stages:
+            rows += _predictor_stage(spec, tracker, out, from_run)
+        found = None
+        if "search" in stages:
+            search_rows, found = _search_stage(spec, data, tracker, out, progress, tune_workers, address, console)
+            rows += search_rows
+            if spec.search is not None and spec.search.dqss:
+                rows += _dqss_on_best(spec, data, tracker, out, progress, found.best["bitops"])  # type: ignore[attr-defined]
         atomic_write_json(out / "results.json", [r.__dict__ for r in rows])
         tracker.log_artifact(out / "results.json")
+    if found is not None:
+        console.print(front_table(found))
     console.print(results_table(rows))
     return rows
+
+
+def front_table(res: object) -> Table:
+    """The searched front's finalists (predicted vs measured) and the uniform configs, by BitOps."""
+    table = Table(title="search: finalists measured for real, and uniform configs (supernet, BN recalibrated)")
+    for col in ("config", "BitOps (M)", "weight KB", "mean bits W/A", "CQAP %", "val %", "test %"):
+        table.add_column(col)
+    items = [("searched", r) for r in res.finalists] + [(r["label"], r) for r in res.uniform]  # type: ignore[attr-defined]
+    for label, r in sorted(items, key=lambda t: t[1]["bitops"]):
+        pred = f"{100 * r['predicted_acc']:.2f}" if "predicted_acc" in r else "-"
+        table.add_row(label, f"{r['bitops'] / 1e6:.1f}", f"{r['weight_bytes'] / 1024:.1f}",
+                      f"{r['avg_w_bits']:.2f}/{r['avg_a_bits']:.2f}", pred, f"{100 * r['val_acc']:.2f}",
+                      f"{100 * r['test_acc']:.2f}")
+    return table
 
 
 def results_table(rows: list[StageRow]) -> Table:
     """A rich table of stage results."""
     table = Table(title="quantsearch results")
-    for col in ("stage", "config", "val acc %", "test acc %", "train s"):
+    for col in ("stage", "config", "BitOps (M)", "val acc %", "test acc %", "train s"):
         table.add_column(col)
     for r in rows:
         fmt = lambda v: "-" if v != v else f"{100 * v:.2f}"  # noqa: E731 - NaN renders as '-'
-        table.add_row(r.stage, r.config, fmt(r.val_acc), fmt(r.test_acc), f"{r.seconds:.0f}" if r.seconds else "-")
+        table.add_row(r.stage, r.config, "-" if r.bitops != r.bitops else f"{r.bitops / 1e6:.1f}", fmt(r.val_acc),
+                      fmt(r.test_acc), f"{r.seconds:.0f}" if r.seconds else "-")
     return table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -50,6 +51,21 @@ class SearchSpace:
             allowed = sorted(set(profile.weight_bits) & set(profile.act_bits)) or sorted(profile.weight_bits)
             pins[name] = min(allowed, key=lambda b: (abs(b - bits), -b))
         return cls(tuple(quant_layers(model)), profile, tuple(sorted(pins.items())))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict: layer names in execution order, the profile's name, pinned bits."""
+        return {"layer_names": list(self.layer_names), "profile": self.profile.name, "pinned": dict(self.pinned)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchSpace:
+        """Inverse of to_dict (the profile is looked up by name)."""
+        from quantsearch.quant.profiles import get_profile
+
+        try:
+            return cls(tuple(d["layer_names"]), get_profile(d["profile"]),
+                       tuple(sorted((str(k), int(v)) for k, v in d["pinned"].items())))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"not a search space description ({exc}); expected layer_names, profile, pinned") from exc
 
     def _pin(self, name: str) -> int | None:
         return dict(self.pinned).get(name)
