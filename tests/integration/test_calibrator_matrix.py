@@ -1,7 +1,8 @@
 """Calibrators never collapse: every calibrator x bits (8, 4) x reference model x bundled dataset, small sizes.
 
 At W8A8 every calibrator stays within 1.0 point of FP32; at W4A4 ours stay within 10 points (collapse was KL at
-15-20 % on digits at W8A8, from a calibration sample that saw one image column only)."""
+15-20 % on digits at W8A8, from a calibration sample that saw one image column only; then KL at 69.7 % vs 77.2 % at
+W8A8 and 61.5 % at W4A4 on the MobileNet on Fashion-MNIST, from background spikes and 9-weight depthwise rows)."""
 
 from __future__ import annotations
 
@@ -46,16 +47,9 @@ def trained(tmp_path_factory):
     return get
 
 
-# Known and open: on the MobileNet trained briefly on Fashion-MNIST, KL still loses ~7.5 points at W8A8 (EasyQuant,
-# which starts from KL, ~2) and ~16 at W4A4. strict: the day it passes, this marker must go.
-KL_MOBILENET_FASHION = pytest.mark.xfail(
-    strict=True, reason="KL (and EasyQuant from it) still falls >1 point below FP32 at W8A8 on mobilenetv2-tiny / "
-                        "Fashion-MNIST: an open defect of the correctness issue")
-
-
 @pytest.mark.parametrize("model", ["resnet8", "mobilenetv2-tiny"])
 @pytest.mark.parametrize("dataset", ["digits", "synthetic", "fashion-mnist"])
-def test_no_calibrator_collapses(trained, dataset, model, request):
+def test_no_calibrator_collapses(trained, dataset, model):
     from quantsearch.data import batches, take
     from quantsearch.quant import QuantForm
     from quantsearch.quant.calibrate import calibrate_active
@@ -67,8 +61,6 @@ def test_no_calibrator_collapses(trained, dataset, model, request):
 
     if dataset == "fashion-mnist" and not _fashion():
         pytest.skip("Fashion-MNIST is not installed")
-    if (dataset, model) == ("fashion-mnist", "mobilenetv2-tiny"):
-        request.applymarker(KL_MOBILENET_FASHION)
     torch.manual_seed(0)
     data, ckpt_path, fp32_acc = trained(dataset, model)
     fp32 = load_checkpoint(ckpt_path, kind="fp32")
