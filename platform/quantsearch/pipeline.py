@@ -37,7 +37,7 @@ def configured_stages(spec: JobSpec) -> list[str]:
             + (["predictor"] if spec.predictor else []) + (["search"] if spec.search else []))
 
 
-def check_search_inputs(spec: JobSpec, stages: list[str]) -> None:
+def check_search_inputs(spec: JobSpec, stages: list[str], from_run: str | None = None) -> None:
     """The files the search half reads must exist unless an earlier stage of this run writes them: the supernet
     checkpoint (sample, search), the measured table (predictor), the fitted predictor (search with CQAP)."""
     from quantsearch.supernet.sample_job import supernet_checkpoint
@@ -49,7 +49,8 @@ def check_search_inputs(spec: JobSpec, stages: list[str]) -> None:
     if needs_sn and "supernet" not in stages and not ckpt.is_file():
         raise ConfigError(f"{needs_sn[0]} needs a trained supernet at {ckpt}: run `quantsearch supernet train` "
                           "first, or set sample.checkpoint")
-    if "predictor" in stages and "sample" not in stages and not (out / "sample" / "measured.parquet").is_file():
+    if "predictor" in stages and "sample" not in stages and not from_run \
+            and not (out / "sample" / "measured.parquet").is_file():
         raise ConfigError(f"predictor needs measured subnets at {out / 'sample' / 'measured.parquet'}: run "
                           "`quantsearch sample` first (or `quantsearch predictor fit --from-run RUN_ID`)")
     search = spec.search
@@ -99,7 +100,8 @@ def check_calibration(spec: JobSpec, data: PreparedData, stages: list[str]) -> N
         check_calib_images("supernet.calib_images", sn.calib_images, n_train, split)
 
 
-def preflight(spec: JobSpec, stages: list[str] | None = None, check_device: bool = True) -> PreparedData:
+def preflight(spec: JobSpec, stages: list[str] | None = None, check_device: bool = True,
+              from_run: str | None = None) -> PreparedData:
     """Every check a run can make before any work, in one place; writes nothing. Returns the prepared data.
 
     The output folder (no file in the way), the device (CUDA present when asked for), FP32 checkpoints the spec
@@ -126,7 +128,7 @@ def preflight(spec: JobSpec, stages: list[str] | None = None, check_device: bool
         qmodel = quantized_model(ck, example) if ck else convert(model, QuantPolicy(), example)
         resolve_config(section.target, qmodel)  # deployable on its profile
     check_calibration(spec, data, stages)
-    check_search_inputs(spec, stages)
+    check_search_inputs(spec, stages, from_run)
     return data
 
 
@@ -224,16 +226,20 @@ def _sample_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out: P
                      float("nan"), res.seconds)]
 
 
-def _predictor_stage(spec: JobSpec, tracker: JobTracker, out: Path, from_run: str | None = None) -> list[StageRow]:
+def _predictor_stage(spec: JobSpec, tracker: JobTracker, out: Path, from_run: str | None = None,
+                     fetched: Path | None = None) -> list[StageRow]:
+    import shutil
+
     from quantsearch.config import PredictorSpec
     from quantsearch.predictor.job import fit_predictor_job, load_sample_dir
-    from quantsearch.tracking.predictor_tracking import log_predictor, measured_table_from_run
+    from quantsearch.tracking.predictor_tracking import log_predictor
 
     ps = spec.predictor or PredictorSpec()
     with tracker.child("predictor", {"predictor": ps.model_dump(), "from_run": from_run or ""}):
         folder = out / "sample"
-        if from_run:
-            folder = measured_table_from_run(tracker.uri, from_run, out / "predictor" / "from-run")
+        if fetched is not None:  # the run's table, fetched (and checked) before anything was written
+            folder = out / "predictor" / "from-run"
+            shutil.copytree(fetched, folder, dirs_exist_ok=True)
         rows, space = load_sample_dir(folder)
         res = fit_predictor_job(rows, space, ps, out / "predictor", spec.seed, compare=True)
         log_predictor(tracker, res)
@@ -313,8 +319,15 @@ def run_job(spec: JobSpec, progress: bool = True, console: Console | None = None
 
         use_gpu = spec.scaling.use_gpu or (workers > 0 and resolve_device(spec.device).type == "cuda")
     out = Path(spec.output_dir)
-    data = preflight(spec, stages)  # every input checked before the tracker creates the output folder
+    data = preflight(spec, stages, from_run=from_run)  # all checked before the tracker writes anything
     tracker = JobTracker(spec)
+    fetched = None
+    if from_run and "predictor" in stages:  # an unknown run or one without a table fails here, writing nothing
+        import tempfile
+
+        from quantsearch.tracking.predictor_tracking import measured_table_from_run
+
+        fetched = measured_table_from_run(tracker.uri, from_run, Path(tempfile.mkdtemp(prefix="qs-from-run-")))
     rows: list[StageRow] = []
     with tracker.parent(tags={"profile": sn.profile, "stages": ",".join(stages)}):
         console.print(f"[bold]{spec.name}[/]: {spec.model.name} on {data.bundle.name} (train {len(data.train)}, "
@@ -340,7 +353,7 @@ def run_job(spec: JobSpec, progress: bool = True, console: Console | None = None
         if "sample" in stages:
             rows += _sample_stage(spec, data, tracker, out, tune_workers, address)
         if "predictor" in stages:
-            rows += _predictor_stage(spec, tracker, out, from_run)
+            rows += _predictor_stage(spec, tracker, out, from_run, fetched)
         found = None
         if "search" in stages:
             search_rows, found = _search_stage(spec, data, tracker, out, progress, tune_workers, address, console)
