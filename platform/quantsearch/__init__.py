@@ -8,6 +8,8 @@ on any device, with no files, Ray or MLflow involved::
     strategy = quantsearch.dqss_search(qmodel, loader, quantsearch.DQSSSpec(iters=100))   # -> Strategy
     supernet = quantsearch.train_supernet(model, loader, quantsearch.SupernetSpec(epochs=1))
     sub = supernet.subnet("W3A3", bn_batches=loader)
+    cqap = quantsearch.fit_predictor(supernet.sample(200, val, loader), quantsearch.PredictorSpec(), supernet.space, 0)
+    found = quantsearch.search(supernet.space, supernet.costs(), cqap.predictor.predict, search_spec, seed=0)
 
 Settings are the job spec's sections (pydantic models: validated, with defaults); results are frozen dataclasses
 (`Strategy`, `SubnetConfig`) with to_json/from_json. Names are imported on first use, so `import quantsearch`
@@ -28,6 +30,10 @@ _API = {
     "dqss_search": "quantsearch.dqss.search",
     "train_supernet": "quantsearch.supernet.trainer",
     "evaluate": "quantsearch.train.loop",
+    "fit_predictor": "quantsearch.predictor.fit",
+    "search": "quantsearch.search.nsga",
+    "PredictorSpec": "quantsearch.config",
+    "SearchSpec": "quantsearch.config",
     "Supernet": "quantsearch.supernet.trainer",
     "Strategy": "quantsearch.dqss.strategy",
     "LayerStrategy": "quantsearch.dqss.strategy",
@@ -44,9 +50,10 @@ _API = {
 }
 
 __all__ = [
-    "CALIBRATORS", "ConfigError", "DQSSSpec", "LayerConfig", "LayerStrategy", "QuantForm", "QuantPolicy",
-    "QuantTarget", "QuantsearchError", "Strategy", "SubnetConfig", "Supernet", "SupernetSpec", "__version__",
-    "calibrate", "dqss_search", "evaluate", "quantize", "train_supernet",
+    "CALIBRATORS", "ConfigError", "DQSSSpec", "LayerConfig", "LayerStrategy", "PredictorSpec", "QuantForm",
+    "QuantPolicy", "QuantTarget", "QuantsearchError", "SearchSpec", "Strategy", "SubnetConfig", "Supernet",
+    "SupernetSpec", "__version__", "calibrate", "dqss_search", "evaluate", "fit_predictor", "quantize", "search",
+    "train_supernet",
 ]
 
 
@@ -64,14 +71,16 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from quantsearch.config import DQSSSpec, QuantTarget, SupernetSpec
+    from quantsearch.config import DQSSSpec, PredictorSpec, QuantTarget, SearchSpec, SupernetSpec
     from quantsearch.dqss.search import dqss_search
     from quantsearch.dqss.strategy import LayerStrategy, Strategy
     from quantsearch.errors import ConfigError, QuantsearchError
+    from quantsearch.predictor.fit import fit_predictor
     from quantsearch.quant.calibrate import calibrate
     from quantsearch.quant.convert import QuantPolicy
     from quantsearch.quant.forms import LayerConfig, QuantForm
     from quantsearch.quant.registry import CALIBRATORS
+    from quantsearch.search.nsga import search
     from quantsearch.space.build import quantize
     from quantsearch.space.subnet import SubnetConfig
     from quantsearch.supernet.trainer import Supernet, train_supernet

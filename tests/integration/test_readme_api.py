@@ -100,3 +100,18 @@ def test_readme_snippet_supernet(user_files, monkeypatch, capsys):
     cfg = get_config(ns["mixed"])
     assert cfg is not None
     assert {c.weight.granularity for n, c in cfg.items() if c.weight.bits == 3} == {"per_tensor"}
+
+
+def test_readme_snippet_search(user_files, monkeypatch):
+    ns = _run("search.py", user_files, monkeypatch)
+    rows, cqap, found, supernet = ns["rows"], ns["cqap"], ns["found"], ns["supernet"]
+    assert len(rows) == 40
+    assert all(0 <= r["val_acc"] <= 1 for r in rows)
+    assert cqap.report.n_heldout >= 3
+    best = found.best()
+    from quantsearch.space import subnet_cost
+
+    limit = subnet_cost(supernet.costs(), supernet.space.uniform(3, 3)).bitops
+    assert best.bitops <= limit
+    assert supernet.space.contains(best.config)
+    assert 0 <= qs.evaluate(ns["best"], ns["val"]).top1 <= 1

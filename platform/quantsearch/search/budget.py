@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
-from quantsearch.config import SearchBudget
+from quantsearch.config import SearchBudget, SearchSpec
 from quantsearch.errors import ConfigError
 from quantsearch.space.cost import LayerCost, subnet_cost
 from quantsearch.space.genome import Genome
+from quantsearch.space.space import SearchSpace
 from quantsearch.space.subnet import SubnetConfig
 
 QUANTITIES = ("bitops", "weight_bytes", "avg_bits")
@@ -94,3 +96,18 @@ def check_costs(genome: Genome, costs: list[LayerCost]) -> None:
         raise ConfigError(f"layer costs do not match the search space (missing {missing[:3]}, unknown {unknown[:3]}, "
                           f"{len(names) - len(set(names))} repeated); compute them with layer_costs on this model")
 
+
+def resolve_budget(spec: SearchSpec, space: SearchSpace, costs: list[LayerCost]) -> SearchSpec:
+    """Budgets given as a uniform config ('W3A3') become that config's BitOps / weight bytes in this space (the
+    profile's first form; first/last layers at their pinned bits)."""
+    from quantsearch.space.subnet import parse_uniform
+
+    b = spec.budget
+    values: dict[str, Any] = {}
+    for key, attr in (("bitops", "bitops"), ("weight_bytes", "weight_bytes")):
+        v = getattr(b, key)
+        if isinstance(v, str):
+            wf, af = parse_uniform(v)
+            cost = subnet_cost(costs, space.uniform(wf.bits, af.bits))
+            values[key] = float(getattr(cost, attr))
+    return spec.model_copy(update={"budget": b.model_copy(update=values)}) if values else spec

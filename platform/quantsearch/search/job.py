@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,12 +22,13 @@ from quantsearch.data import ArrayBatches, PreparedData
 from quantsearch.data.tables import read_rows, write_rows
 from quantsearch.errors import ConfigError
 from quantsearch.quant import get_profile
+from quantsearch.search.budget import resolve_budget
 from quantsearch.search.nsga import GenerationStats, search
 from quantsearch.search.plot import pareto_png
 from quantsearch.search.result import SearchResult
 from quantsearch.space import SearchSpace, SubnetConfig, subnet_cost
 from quantsearch.space.cost import LayerCost
-from quantsearch.space.genome import Genome
+from quantsearch.space.genome import layer_form
 from quantsearch.supernet.sample import Row
 from quantsearch.supernet.sample_job import MeasureContext, RunChunks, chunks_of, load_context, supernet_checkpoint
 
@@ -47,25 +47,6 @@ def search_space(ctx: MeasureContext, profile: str) -> SearchSpace:
                           f"trained on ({', '.join(sorted(set(missing))[:4])}); search a profile within it or train "
                           f"the supernet on '{profile}'")
     return SearchSpace.for_model(ctx.model, sub)
-
-
-def resolve_budget(spec: SearchSpec, space: SearchSpace, costs: list[LayerCost]) -> SearchSpec:
-    """Budgets given as a uniform config ('W3A3') become that config's BitOps / weight bytes in this space (the
-    profile's first form; first/last layers at their pinned bits)."""
-    from quantsearch.space import parse_uniform
-
-    b = spec.budget
-    if not b.is_set():
-        raise ConfigError("search needs a budget: search.budget.bitops, .weight_bytes or .avg_bits "
-                          "(CLI: --budget-bitops W3A3 | --budget-bytes N | --budget-avg-bits B)")
-    values: dict[str, Any] = {}
-    for key, attr in (("bitops", "bitops"), ("weight_bytes", "weight_bytes")):
-        v = getattr(b, key)
-        if isinstance(v, str):
-            wf, af = parse_uniform(v)
-            cost = subnet_cost(costs, space.uniform(wf.bits, af.bits))
-            values[key] = float(getattr(cost, attr))
-    return spec.model_copy(update={"budget": b.model_copy(update=values)}) if values else spec
 
 
 class MeasuredCache:
@@ -127,6 +108,9 @@ def search_job(spec: JobSpec, data: PreparedData, out_dir: str | Path, fitness: 
     sa = spec.sample or SampleSpec()
     seed = spec.seed if ss.seed is None else ss.seed
     out_dir = Path(out_dir)
+    if not ss.budget.is_set():
+        raise ConfigError("search needs a budget: search.budget.bitops, .weight_bytes or .avg_bits "
+                          "(CLI: --budget-bitops W3A3 | --budget-bytes N | --budget-avg-bits B)")
     ctx = load_context(supernet_checkpoint(spec, sa.checkpoint), data, sa.bn_images, sa.val_images,
                        spec.seed if sa.seed is None else sa.seed, device)
     space = search_space(ctx, ss.profile)
@@ -141,16 +125,21 @@ def search_job(spec: JobSpec, data: PreparedData, out_dir: str | Path, fitness: 
     t0 = time.perf_counter()
     test = ArrayBatches(data.test, 512, data.mean, data.std)
     finalists = list(result.finalists(ss.finalists))
-    genome = Genome.for_space(space, ss.forms)
-    uniform_cfgs = [genome.decode(g) for g in genome.uniform_genomes()]
-    labels = genome.uniform_labels()
-    measured = _measure_for_real(ctx, [p.config for p in finalists] + uniform_cfgs, test, run_chunks_test, sa.chunk)
+    measured = _measure_for_real(ctx, [p.config for p in finalists], test, run_chunks_test, sa.chunk)
     by_cfg = {SubnetConfig.from_json(r["config"]): r for r in measured}
     fin_rows = [{**by_cfg[p.config], "predicted_acc": p.accuracy, "label": "searched"} for p in finalists]
-    uni_rows = [{**by_cfg[c], "label": lab, "within_budget": _within(c, ctx.costs, ss)}
-                for c, lab in zip(uniform_cfgs, labels, strict=True)]
-    measure_seconds = time.perf_counter() - t0
     best = max(fin_rows, key=lambda r: (r["val_acc"], -r["bitops"]))
+    # the uniform baselines, in the best config's network-wide form (every bit-width), measured the same way
+    form = layer_form(SubnetConfig.from_json(best["config"])[next(n for n in space.layer_names
+                                                                 if n not in dict(space.pinned))])
+    bits = sorted(set(space.profile.weight_bits) & set(space.profile.act_bits))
+    uniform_cfgs = [space.uniform(b, b, form.granularity, form.w_symmetric, form.a_symmetric) for b in bits]
+    measured_u = _measure_for_real(ctx, uniform_cfgs, test, run_chunks_test, sa.chunk)
+    by_u = {SubnetConfig.from_json(r["config"]): r for r in measured_u}
+    uni_rows = [{**by_u[c], "label": f"W{b}A{b} {form.label()}", "within_budget": _within(c, ctx.costs, ss)}
+                for b, c in zip(bits, uniform_cfgs, strict=True)]
+    measured += measured_u
+    measure_seconds = time.perf_counter() - t0
     paths = _write(out_dir, result, fin_rows, uni_rows, best, ss)
     n = (cache.measured if cache else 0) + len(measured)
     return SearchJobResult(result, fin_rows, uni_rows, best, n, search_seconds, measure_seconds, paths)

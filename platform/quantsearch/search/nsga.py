@@ -37,7 +37,7 @@ from quantsearch.search.archive import (
     save_archive,
     search_settings,
 )
-from quantsearch.search.budget import Budget, Measures, check_costs
+from quantsearch.search.budget import Budget, Measures, check_costs, resolve_budget
 from quantsearch.search.population import initial_population
 from quantsearch.search.result import OBJECTIVES, SearchPoint, SearchResult
 from quantsearch.space.cost import LayerCost
@@ -173,6 +173,7 @@ def search(space: SearchSpace, costs: list[LayerCost], fitness: Fitness, spec: S
     same result, and so does a search interrupted after any generation and resumed from its archive."""
     genome = Genome.for_space(space, spec.forms)
     check_costs(genome, costs)
+    spec = resolve_budget(spec, space, costs)  # 'W3A3' -> that uniform config's BitOps / bytes
     objectives = check_objectives(spec.objectives)
     budget = Budget.from_spec(spec.budget)
     budget.check_reachable(genome, costs)  # before any evaluation: an impossible budget costs nothing

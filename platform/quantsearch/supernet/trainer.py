@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,8 @@ from quantsearch.config import QuantTarget, SupernetSpec, make_section
 from quantsearch.data.loader import Batch, batch_inputs, split_batch
 from quantsearch.device import model_device
 from quantsearch.quant import QuantPolicy, calibrate_model, convert, get_calibrator, get_profile, split_params
-from quantsearch.space import SearchSpace, SubnetConfig, resolve_config, set_config
+from quantsearch.space import SearchSpace, SubnetConfig, layer_costs, resolve_config, set_config
+from quantsearch.space.cost import LayerCost
 from quantsearch.supernet.bn import recalibrate_bn
 from quantsearch.supernet.losses import gpg_loss, wdr_loss
 from quantsearch.supernet.measure import measure_subnet
@@ -196,6 +197,21 @@ class Supernet:
     model: nn.Module
     space: SearchSpace
     history: tuple[dict[str, float], ...] = ()
+    input_shape: tuple[int, ...] = ()  # one input's shape (C, H, W): what the cost model traces
+
+    def costs(self) -> list[LayerCost]:
+        """Per-layer MACs and sizes (space.cost): BitOps and weight bytes of any config of this space."""
+        if not self.input_shape:
+            raise ValueError("this Supernet has no input_shape; build it with train_supernet")
+        return layer_costs(self.model, self.input_shape)
+
+    def sample(self, n: int, val_batches: Iterable[Batch], bn_batches: Iterable[Batch], bn_images: int = 512,
+               seed: int = 0, forms: Literal["all", "first"] = "all") -> list[dict[str, Any]]:
+        """Measure `n` subnets drawn stratified over forms and average bits (BN recalibrated on `bn_images` images
+        of `bn_batches`, top-1 on `val_batches`; both re-iterable): the rows CQAP (`fit_predictor`) learns from."""
+        from quantsearch.supernet.sample import sample
+
+        return sample(self.model, self.space, self.costs(), val_batches, bn_batches, n, seed, bn_images, forms)
 
     def config(self, config: str | QuantTarget | SubnetConfig) -> SubnetConfig:
         """A SubnetConfig in this space: 'W4A4' (per-channel symmetric weights, affine activations), a
@@ -257,4 +273,4 @@ def train_supernet(model: nn.Module, train_batches: Iterable[Batch], settings: S
 
     fit(run, train_batches, sn, measure=measure, save=(lambda _r, m: on_epoch(m)) if on_epoch else None,
         progress=(lambda label, total: epoch_progress(label, total)) if progress else None)
-    return Supernet(run.model, run.space, tuple(run.history))
+    return Supernet(run.model, run.space, tuple(run.history), tuple(x.shape[1:]))
