@@ -11,7 +11,7 @@ export PYTHONUNBUFFERED := 1
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,export,k8s]"
+	$(PY) -m pip install -q -e ".[dev,export,k8s,peer]"
 	@touch $(STAMP)
 
 install: $(STAMP)
