@@ -185,3 +185,14 @@ def test_pipeline_sample_predictor_search_and_cli_errors(trained, capsys, tmp_pa
         assert needle in err, err
         assert len(err.splitlines()) == 1
     assert not (tmp_path / "none").exists()
+
+
+def test_one_archive_per_search_question():
+    from quantsearch.config import SearchSpec
+    from quantsearch.search.job import archive_name
+
+    a = SearchSpec.model_validate({"budget": {"bitops": "W3A3"}, "generations": 5})
+    assert archive_name(a, 0) == archive_name(a.model_copy(update={"generations": 50}), 0)  # more: continues
+    b = SearchSpec.model_validate({"budget": {"bitops": "W2A2"}})
+    assert archive_name(a, 0) != archive_name(b, 0)  # a new budget starts afresh
+    assert archive_name(a, 0) != archive_name(a, 1)

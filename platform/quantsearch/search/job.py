@@ -1,6 +1,7 @@
 """The search job: a trained supernet + a fitness source (CQAP or measured) -> front, finalists measured for real.
 
-Writes into its folder: archive.json (every generation; a killed search resumes from it), front.parquet (the
+Writes into its folder: archive-<key>.json (every generation; a killed search with the same question resumes
+from it), front.parquet (the
 predicted front, finalists with their measured val and test top-1), uniform.parquet (uniform configs measured the
 same way), best.json (a SubnetConfig that `dqss --subnet` and `qat --config` read, plus its figures), pareto.png.
 The best config is the finalist with the best measured VAL accuracy; test is measured once, for reporting.
@@ -120,7 +121,7 @@ def search_job(spec: JobSpec, data: PreparedData, out_dir: str | Path, fitness: 
         cache = MeasuredCache(ctx, Path(spec.output_dir) / "sample" / "measured.parquet", sa.chunk, run_chunks)
         fitness = cache
     t0 = time.perf_counter()
-    result = search(space, ctx.costs, fitness, ss, seed, out_dir / "archive.json", progress)
+    result = search(space, ctx.costs, fitness, ss, seed, out_dir / archive_name(ss, seed), progress)
     search_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     test = ArrayBatches(data.test, 512, data.mean, data.std)
@@ -143,6 +144,17 @@ def search_job(spec: JobSpec, data: PreparedData, out_dir: str | Path, fitness: 
     paths = _write(out_dir, result, fin_rows, uni_rows, best, ss)
     n = (cache.measured if cache else 0) + len(measured)
     return SearchJobResult(result, fin_rows, uni_rows, best, n, search_seconds, measure_seconds, paths)
+
+
+def archive_name(ss: SearchSpec, seed: int) -> str:
+    """archive-<key>.json: one archive per search question (budget, objectives, forms, profile, fitness,
+    population, seed), so a new budget starts afresh while the same question resumes (more generations too)."""
+    import hashlib
+    import json
+
+    key = {"budget": ss.budget.model_dump(), "objectives": list(ss.objectives), "forms": ss.forms,
+           "profile": ss.profile, "fitness": ss.fitness, "population": ss.population, "seed": seed}
+    return f"archive-{hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]}.json"
 
 
 def _within(config: SubnetConfig, costs: list[LayerCost], ss: SearchSpec) -> bool:
