@@ -254,6 +254,7 @@ def _search_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out: P
     from quantsearch.config import SearchSpec
     from quantsearch.device import resolve_device
     from quantsearch.search.job import search_job
+    from quantsearch.search.nsga import GenerationStats
     from quantsearch.tracking.search_tracking import log_search
 
     ss = spec.search or SearchSpec()
@@ -263,9 +264,11 @@ def _search_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out: P
 
         fitness = Predictor.load(out / "predictor" / "predictor").predict
 
-    def show(gen: int, stats: object) -> None:
+    def show(gen: int, stats: GenerationStats) -> None:
         if progress:
-            console.print(f"  search generation {gen}/{ss.generations}: {stats}")
+            best = "-" if stats.best_accuracy is None else f"{100 * stats.best_accuracy:.2f} %"
+            console.print(f"  search generation {gen}/{ss.generations}: {stats.n_evaluations} configs scored, "
+                          f"best {best} ({ss.fitness}), front of {stats.front_size}")
 
     with tracker.child("search", {"search": ss.model_dump()}):
         res = search_job(spec, data, out / "search", fitness,
