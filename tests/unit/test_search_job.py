@@ -86,6 +86,8 @@ def test_sample_job_writes_the_table_and_caches(trained):
         assert r["avg_bits"] == pytest.approx(sum(cfg.avg_bits()) / 2)
         assert r["val_images"] == 64
     assert SearchSpace.from_dict(json.loads((out / "sample" / "space.json").read_text())).layer_names
+    drawn = sample_configs(SearchSpace.from_dict(json.loads((out / "sample" / "space.json").read_text())), 12, 0)
+    assert [SubnetConfig.from_json(r["config"]) for r in rows] == drawn  # the draw's order, whatever finished first
     again = sample_job(spec, data, out / "sample")  # the table is the cache: nothing new to measure
     assert again.new == 0
     assert [r["config"] for r in again.rows] == [r["config"] for r in rows]
@@ -196,3 +198,13 @@ def test_one_archive_per_search_question():
     b = SearchSpec.model_validate({"budget": {"bitops": "W2A2"}})
     assert archive_name(a, 0) != archive_name(b, 0)  # a new budget starts afresh
     assert archive_name(a, 0) != archive_name(a, 1)
+
+
+def test_sample_table_keeps_the_draws_order_when_chunks_finish_out_of_order(trained, tmp_path):
+    from quantsearch.supernet.sample_job import load_context, sample_job
+
+    out, data = trained
+    spec = _spec(out, sample={"subnets": 6, "chunk": 2, "bn_images": 64, "seed": 7})
+    ctx = load_context(out / "supernet" / "supernet.pt", data, 64, None, 7)
+    res = sample_job(spec, data, tmp_path, run_chunks=lambda chunks: (ctx.measure(c) for c in reversed(chunks)))
+    assert [SubnetConfig.from_json(r["config"]) for r in res.rows] == sample_configs(ctx.space, 6, 7)

@@ -123,8 +123,8 @@ def sample_job(spec: JobSpec, data: PreparedData, out_dir: str | Path, run_chunk
         if on_chunk is not None:
             on_chunk(i, chunk_rows)
     # one order whatever order the chunks finished in: the draw's (rows from other draws keep theirs, first)
-    rank = {c.to_json(): i for i, c in enumerate(drawn)}
-    rows.sort(key=lambda r: rank.get(r["config"], -1))
+    rank = {c: i for i, c in enumerate(drawn)}
+    rows.sort(key=lambda r: rank.get(SubnetConfig.from_json(r["config"]), -1))
     write_rows(table, rows)
     return SampleResult(rows, new, table, space_path, time.perf_counter() - t0)
 
