@@ -175,6 +175,13 @@ def test_pipeline_sample_predictor_search_and_cli_errors(trained, capsys, tmp_pa
     assert sum(s.startswith("supernet uniform W") for s in stages) == 7
     best = json.loads((out / "search" / "best.json").read_text())
     assert best["budget"]["bitops"] > 0
+    # composed with DQSS: the FP32 model searched per layer at the best subnet's bits
+    dq = ["--set", "dqss.iters=5", "--set", "dqss.easyquant_steps=5", "--set", "dqss.target.calib_images=64"]
+    assert main(["search", str(job), "--budget-bitops", "W3A3", "--generations", "2", "--dqss", "--quiet", *dq]) == 0
+    stages = [r["stage"] for r in json.loads((out / "results.json").read_text())]
+    assert stages[-1].startswith("searched mixed + DQSS-PTQ")
+    strategy = json.loads((out / "dqss-best" / "strategy.json").read_text())
+    assert strategy["layers"]  # one choice per layer at best.json's bits
     # errors: one line, exit 2, nothing written
     empty = tmp_path / "empty.yaml"
     empty.write_text(yaml.safe_dump({**raw, "output_dir": str(tmp_path / "none")}))
