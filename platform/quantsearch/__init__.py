@@ -9,7 +9,7 @@ on any device, with no files, Ray or MLflow involved::
     supernet = quantsearch.train_supernet(model, loader, quantsearch.SupernetSpec(epochs=1))
     sub = supernet.subnet("W3A3", bn_batches=loader)
     cqap = quantsearch.fit_predictor(supernet.sample(200, val, loader), quantsearch.PredictorSpec(), supernet.space, 0)
-    found = quantsearch.search(supernet.space, supernet.costs(), cqap.predictor.predict, search_spec, seed=0)
+    found = quantsearch.search_subnets(supernet.space, supernet.costs(), cqap.predictor.predict, search_spec, seed=0)
 
 Settings are the job spec's sections (pydantic models: validated, with defaults); results are frozen dataclasses
 (`Strategy`, `SubnetConfig`) with to_json/from_json. Names are imported on first use, so `import quantsearch`
@@ -31,7 +31,8 @@ _API = {
     "train_supernet": "quantsearch.supernet.trainer",
     "evaluate": "quantsearch.train.loop",
     "fit_predictor": "quantsearch.predictor.fit",
-    "search": "quantsearch.search.nsga",
+    # not `search`: importing the subpackage quantsearch.search would rebind that attribute to the module
+    "search_subnets": "quantsearch.search.nsga:search",
     "PredictorSpec": "quantsearch.config",
     "SearchSpec": "quantsearch.config",
     "Supernet": "quantsearch.supernet.trainer",
@@ -52,8 +53,8 @@ _API = {
 __all__ = [
     "CALIBRATORS", "ConfigError", "DQSSSpec", "LayerConfig", "LayerStrategy", "PredictorSpec", "QuantForm",
     "QuantPolicy", "QuantTarget", "QuantsearchError", "SearchSpec", "Strategy", "SubnetConfig", "Supernet",
-    "SupernetSpec", "__version__", "calibrate", "dqss_search", "evaluate", "fit_predictor", "quantize", "search",
-    "train_supernet",
+    "SupernetSpec", "__version__", "calibrate", "dqss_search", "evaluate", "fit_predictor", "quantize",
+    "search_subnets", "train_supernet",
 ]
 
 
@@ -61,7 +62,8 @@ def __getattr__(name: str) -> Any:
     module = _API.get(name)
     if module is None:
         raise AttributeError(f"module 'quantsearch' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
+    module, _, attr = module.partition(":")
+    value = getattr(importlib.import_module(module), attr or name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
 
@@ -80,7 +82,7 @@ if TYPE_CHECKING:
     from quantsearch.quant.convert import QuantPolicy
     from quantsearch.quant.forms import LayerConfig, QuantForm
     from quantsearch.quant.registry import CALIBRATORS
-    from quantsearch.search.nsga import search
+    from quantsearch.search.nsga import search as search_subnets
     from quantsearch.space.build import quantize
     from quantsearch.space.subnet import SubnetConfig
     from quantsearch.supernet.trainer import Supernet, train_supernet

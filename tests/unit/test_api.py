@@ -73,6 +73,13 @@ def _same_state(a: nn.Module, b: nn.Module) -> bool:
         torch.equal(sa[k], sb[k]) if torch.is_tensor(sa[k]) else sa[k] == sb[k] for k in sa)
 
 
+def test_search_subnets_is_the_function_whatever_was_imported_first():
+    import quantsearch.search.job  # noqa: F401 - binds quantsearch.search to the subpackage
+    from quantsearch.search.nsga import search
+
+    assert qs.search_subnets is search
+
+
 def test_public_api_is_small_and_every_name_resolves():
     assert len(qs.__all__) <= 23  # one verb per stage (7), their settings, result and error types
     for name in qs.__all__:
