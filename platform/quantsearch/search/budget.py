@@ -53,10 +53,10 @@ class Budget:
     @classmethod
     def from_spec(cls, spec: SearchBudget) -> Budget:
         """The frozen twin of the job spec's budget section (numbers only: a budget given as a uniform config,
-        'W3A3', is resolved to its cost by the job wrapper first, search/job.py resolve_budget)."""
+        'W3A3', is resolved to its cost first: resolve_budget)."""
         if isinstance(spec.bitops, str) or isinstance(spec.weight_bytes, str):
             raise ConfigError(f"budget {spec.bitops or spec.weight_bytes} names a uniform config: resolve it to a "
-                              "number first (search.job.resolve_budget)")
+                              "number first (search.budget.resolve_budget)")
         return cls(spec.bitops, spec.weight_bytes, spec.avg_bits)
 
     def limits(self) -> list[tuple[str, float]]:

@@ -23,11 +23,11 @@ from quantsearch.data import ArrayBatches, PreparedData
 from quantsearch.data.tables import read_rows, write_rows
 from quantsearch.errors import ConfigError
 from quantsearch.quant import get_profile
-from quantsearch.search.budget import resolve_budget
+from quantsearch.search.budget import Budget, Measures, resolve_budget
 from quantsearch.search.nsga import GenerationStats, search
 from quantsearch.search.plot import pareto_png
 from quantsearch.search.result import SearchResult
-from quantsearch.space import SearchSpace, SubnetConfig, subnet_cost
+from quantsearch.space import SearchSpace, SubnetConfig
 from quantsearch.space.cost import LayerCost
 from quantsearch.space.genome import layer_form
 from quantsearch.supernet.sample import Row
@@ -158,13 +158,7 @@ def archive_name(ss: SearchSpec, seed: int) -> str:
 
 
 def _within(config: SubnetConfig, costs: list[LayerCost], ss: SearchSpec) -> bool:
-    from quantsearch.search.budget import Budget, avg_bits
-
-    cost = subnet_cost(costs, config)
-    b = Budget.from_spec(ss.budget)
-    return all(v <= limit * (1 + 1e-9) for v, limit in
-               ((cost.bitops, b.bitops), (cost.weight_bytes, b.weight_bytes), (avg_bits(config), b.avg_bits))
-               if limit is not None)
+    return Budget.from_spec(ss.budget).fits(Measures.of(costs, config))
 
 
 def _write(out_dir: Path, result: SearchResult, finalists: list[Row], uniform: list[Row], best: Row,

@@ -100,6 +100,15 @@ def _client(tracking_uri: str) -> Any:
     return MlflowClient(tracking_uri)
 
 
+def _staging(dst: str | Path, what: str) -> tuple[Path, Path]:
+    """(the download folder, created; a fresh hidden staging folder inside it); a file in the way is one line."""
+    out = Path(dst)
+    if out.exists() and not out.is_dir():
+        raise TrackingError(f"{out} is a file; choose a folder to download {what} into")
+    out.mkdir(parents=True, exist_ok=True)
+    return out, Path(tempfile.mkdtemp(dir=out, prefix=".download."))
+
+
 def measured_table_from_run(tracking_uri: str, run_id: str, dst: str | Path) -> Path:
     """Download a sampling run's sample/measured.parquet and sample/space.json into `dst`; returns `dst`.
 
@@ -121,11 +130,7 @@ def measured_table_from_run(tracking_uri: str, run_id: str, dst: str | Path) -> 
     if missing:
         raise TrackingError(f"run {run_id} has no {' or '.join(missing)}; pass the run id of a finished sampling "
                             f"stage (its run logs both)")
-    out = Path(dst)
-    if out.exists() and not out.is_dir():
-        raise TrackingError(f"{out} is a file; choose a folder to download the measured table into")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".download."))
+    out, tmp = _staging(dst, "the measured table")
     try:
         staged = tmp / SAMPLE_ARTIFACT_PATH
         staged.mkdir()
@@ -208,11 +213,7 @@ def predictor_from_run(tracking_uri: str, run_id: str, dst: str | Path) -> Predi
                             f"predictor run's id and its tracking URI") from exc
     if logged is None:
         raise TrackingError(f"run {run_id} logged no '{MODEL_NAME}' model; pass the run id of a predictor stage")
-    out = Path(dst)
-    if out.exists() and not out.is_dir():
-        raise TrackingError(f"{out} is a file; choose a folder to download the predictor into")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".download."))
+    out, tmp = _staging(dst, "the predictor")
     try:
         try:
             local = Path(download_artifacts(artifact_uri=logged.artifact_location, dst_path=str(tmp),
