@@ -95,7 +95,7 @@ def bench_model(model: str, args: argparse.Namespace, data: Any) -> dict[str, An
             r[name] = _row(res.val_acc, res.test_acc, search_seconds=round(res.search_seconds, 1),
                            total_seconds=round(time.perf_counter() - t0, 1), iters=args.iters, lr=args.lr,
                            scale_lr=scale_lr, easyquant_steps=args.easyquant_steps, calib_images=args.calib_images,
-                           choices=_choices(res))
+                           temperature=[spec.temperature, spec.final_temperature], choices=_choices(res))
         best_name = best_single(r)
         best = r[best_name]["test_acc"]
         for name in variants:
@@ -123,6 +123,7 @@ def bench_model(model: str, args: argparse.Namespace, data: Any) -> dict[str, An
                         easyquant_steps=args.easyquant_steps)
         sch = {"search_epochs": spec.search_epochs, "finetune_epochs": spec.finetune_epochs, "lr": spec.weight_lr,
                "scale_lr": spec.scales_lr(), "arch_lr": spec.arch_lr(), "kd_weight": spec.kd_weight,
+               "temperature": [spec.temperature, spec.final_temperature],
                "batch_size": spec.batch_size}
         res = run_dqss(spec, ckpt, data, out / "W4A4-dqss_qat", seed=args.seed)
         qat_row = _row(res.val_acc, res.test_acc, search_seconds=round(res.search_seconds, 1),
@@ -180,7 +181,10 @@ def main() -> None:
         "calib_images": args.calib_images, "weights": "per-channel symmetric", "activations": "per-tensor affine",
         "first_last_layer_bits": 8, "dqss_ptq": {"iters": args.iters, "lr": args.lr,
                                                  "scale_lr_per_row": _ptq_variants(args),
-                                                 "easyquant_steps": args.easyquant_steps, "loss": "KL to FP32 logits"},
+                                                 "easyquant_steps": args.easyquant_steps, "loss": "KL to FP32 logits",
+                                                 "temperature": "softmax T from 1.0 falling geometrically to "
+                                                                f"{DQSSSpec().final_temperature} over the first "
+                                                                "80 % of the steps (DQSSSpec defaults)"},
         "best_single": "the single calibrator (maxabs, kl, easyquant, admm) with the best val accuracy; "
                        "gain_over_best_single_points compares test accuracies",
         "torchao": "torch.ao.quantization observers (deprecated in torch 2.14, still working) computing the "

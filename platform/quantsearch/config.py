@@ -308,7 +308,10 @@ class DQSSSpec(_Strict):
     scale_lr: float | None = Field(None, ge=0, description="candidate scales; default 0 (frozen) PTQ, 1e-3 QAT")
     iters: int = Field(300, ge=1, description="PTQ search steps")
     batch_size: int = Field(128, ge=1)
-    temperature: float = Field(1.0, gt=0, description="T in softmax(alpha/T)")
+    temperature: float = Field(1.0, gt=0, description="T in softmax(alpha/T) at the start of the search")
+    final_temperature: float = Field(
+        0.1, gt=0, description="T falls geometrically to this over the first 80 % of the search steps, so the "
+                               "mixture trained ends close to the argmax strategy that deploys; = temperature: off")
     search_epochs: float = Field(1.0, gt=0, description="QAT: epochs of the joint search")
     finetune_epochs: float = Field(1.0, ge=0, description="QAT: epochs fine-tuning the argmax strategy")
     weight_lr: float = Field(1e-3, gt=0, description="QAT: network weights")

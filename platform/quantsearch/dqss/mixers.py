@@ -167,6 +167,29 @@ def attach_mixers(model: nn.Module, cands: Candidates, temperature: float = 1.0,
     return mixers
 
 
+@dataclass(frozen=True)
+class Anneal:
+    """The mixtures' softmax temperature per step: geometric from `start` to `end` over the first `frac` of
+    `steps`, then `end`. Ending cold makes the mixture the loss trains close to the argmax that deploys."""
+
+    start: float
+    end: float
+    steps: int
+    frac: float = 0.8
+
+    def at(self, step: int) -> float:
+        """T at optimizer step `step` (0-based)."""
+        span = max(1.0, self.frac * self.steps)
+        return self.start * (self.end / self.start) ** min(1.0, step / span)
+
+    def apply(self, mixers: dict[str, Mixer], step: int) -> None:
+        """Set every mixture's temperature for step `step`."""
+        t = self.at(step)
+        for m in mixers.values():
+            m.act.temperature = t
+            m.weight.temperature = t
+
+
 def mixer_params(mixers: dict[str, Mixer]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(alpha/beta, candidate scales), each shared parameter once."""
     arch: dict[int, nn.Parameter] = {}

@@ -16,7 +16,7 @@ from torch import nn
 
 from quantsearch.data.loader import Batch, split_batch
 from quantsearch.device import model_device
-from quantsearch.dqss.mixers import Mixer, mixer_params
+from quantsearch.dqss.mixers import Anneal, Mixer, mixer_params
 from quantsearch.errors import ConfigError
 from quantsearch.quant.convert import split_params
 from quantsearch.train.optim import make_scheduler
@@ -59,7 +59,8 @@ def _distill_ce(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, k
 
 
 def _run(model: nn.Module, teacher: nn.Module, batches: Iterable[Batch], opt: torch.optim.Optimizer, steps: int,
-         kd_weight: float, on_step: Callable[[int, float], None] | None) -> PhaseLog:
+         kd_weight: float, on_step: Callable[[int, float], None] | None,
+         before_step: Callable[[int], None] | None = None) -> PhaseLog:
     sched = make_scheduler(opt, "cosine", steps)
     model.train()
     teacher.eval()
@@ -71,6 +72,8 @@ def _run(model: nn.Module, teacher: nn.Module, batches: Iterable[Batch], opt: to
         if y is None:
             raise ConfigError("DQSS in QAT mode trains on labels: pass (x, y) batches")
         x, y = x.to(device), y.to(device)
+        if before_step is not None:
+            before_step(step)
         with torch.no_grad():
             t = teacher(x) if kd_weight > 0 else x.new_zeros(())
         loss = _distill_ce(model(x), t, y, kd_weight)
@@ -91,9 +94,9 @@ def _network_weights(model: nn.Module) -> list[nn.Parameter]:
 
 def search_qat(model: nn.Module, teacher: nn.Module, mixers: dict[str, Mixer], batches: Iterable[Batch], steps: int,
                lr: float, scale_lr: float, arch_lr: float, kd_weight: float = 1.0,
-               on_step: Callable[[int, float], None] | None = None) -> PhaseLog:
+               on_step: Callable[[int, float], None] | None = None, anneal: Anneal | None = None) -> PhaseLog:
     """One loss, one backward per step; parameter groups: network weights (lr), candidate scales (scale_lr),
-    alpha/beta (arch_lr); all cosine-decayed."""
+    alpha/beta (arch_lr); all cosine-decayed; `anneal` sets the mixtures' temperature before each step."""
     arch, scales = mixer_params(mixers)
     weights = _network_weights(model)
     for p in model.parameters():
@@ -103,7 +106,8 @@ def search_qat(model: nn.Module, teacher: nn.Module, mixers: dict[str, Mixer], b
     opt = torch.optim.AdamW([{"params": weights, "lr": lr, "weight_decay": 0.0},
                              {"params": scales, "lr": scale_lr, "weight_decay": 0.0},
                              {"params": arch, "lr": arch_lr, "weight_decay": 0.0}])
-    return _run(model, teacher, batches, opt, steps, kd_weight, on_step)
+    return _run(model, teacher, batches, opt, steps, kd_weight, on_step,
+                None if anneal is None else lambda step: anneal.apply(mixers, step))
 
 
 def finetune_fixed(model: nn.Module, teacher: nn.Module, batches: Iterable[Batch], steps: int, lr: float,

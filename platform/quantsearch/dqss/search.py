@@ -16,6 +16,7 @@ from quantsearch.config import DQSSSpec
 from quantsearch.data.loader import Batch, batch_inputs, split_batch
 from quantsearch.device import model_device
 from quantsearch.dqss.mixers import (
+    Anneal,
     Mixer,
     attach_mixers,
     candidate_scales,
@@ -34,9 +35,11 @@ StepCallback = Callable[[int, float], None]
 
 
 def train_mixers_ptq(model: nn.Module, teacher: nn.Module, mixers: dict[str, Mixer], batches: Iterable[Batch],
-                     iters: int, lr: float, scale_lr: float = 0.0, on_step: StepCallback | None = None) -> PhaseLog:
+                     iters: int, lr: float, scale_lr: float = 0.0, on_step: StepCallback | None = None,
+                     anneal: Anneal | None = None) -> PhaseLog:
     """PTQ: alpha/beta learn (weights and BN frozen, eval mode), and the candidate scales too when scale_lr > 0;
-    loss = KL(FP32 logits || quantized logits), label-free. Passes over `batches` until `iters` steps."""
+    loss = KL(FP32 logits || quantized logits), label-free. Passes over `batches` until `iters` steps; `anneal`
+    sets the mixtures' temperature before each step."""
     for p in model.parameters():
         p.requires_grad_(False)
     params, scales = mixer_params(mixers)
@@ -59,6 +62,8 @@ def train_mixers_ptq(model: nn.Module, teacher: nn.Module, mixers: dict[str, Mix
         for batch in batches:
             empty = False
             x = split_batch(batch)[0].to(device)
+            if anneal is not None:
+                anneal.apply(mixers, step)
             with torch.no_grad():
                 t = teacher(x)
             s = model(x)
@@ -138,11 +143,12 @@ def _search(model: nn.Module, teacher: nn.Module, mixers: dict[str, Mixer], batc
             on_step: StepCallback | None) -> Strategy:
     """Train the mixtures (PTQ or QAT), take the argmax, put the quantizers back with the chosen scales."""
     candidates = tuple(settings.candidates)
-    common: dict[str, Any] = {"temperature": settings.temperature, "calib_images": calib_images,
+    common: dict[str, Any] = {"temperature": settings.temperature, "final_temperature": settings.final_temperature,
+                              "calib_images": calib_images,
                               "easyquant_steps": settings.easyquant_steps, "tied_inputs": settings.tie}
     if settings.mode == "ptq":
         log = train_mixers_ptq(model, teacher, mixers, batches, settings.iters, settings.arch_lr(),
-                               settings.scales_lr(), on_step)
+                               settings.scales_lr(), on_step, _anneal(settings, settings.iters))
         layers = choose(mixers, candidates)
         detach_mixers(model, mixers)
         search = {"iters": settings.iters, "lr": settings.arch_lr(), "scale_lr": settings.scales_lr(),
@@ -154,7 +160,8 @@ def _search(model: nn.Module, teacher: nn.Module, mixers: dict[str, Mixer], batc
     n_search = steps_for(settings.search_epochs, batches)
     with epoch_progress("dqss-qat search", n_search, progress) as tick:
         slog = search_qat(model, teacher, mixers, batches, n_search, settings.weight_lr, settings.scales_lr(),
-                          settings.arch_lr(), settings.kd_weight, on_step=_both(tick, on_step))
+                          settings.arch_lr(), settings.kd_weight, on_step=_both(tick, on_step),
+                          anneal=_anneal(settings, n_search))
     strategy = Strategy(choose(mixers, candidates), cfg, candidates, "qat")
     detach_mixers(model, mixers)
     strategy.apply(model)
@@ -173,6 +180,13 @@ def _search(model: nn.Module, teacher: nn.Module, mixers: dict[str, Mixer], batc
               "loss": "CE + kd_weight * KL(fp32 || quantized) logits", **common, "seconds": slog.seconds,
               "finetune_seconds": flog.seconds, "scales": "learned (LSQ) in search and fine-tuning; final values"}
     return Strategy(strategy.with_scales_of(model).layers, cfg, candidates, "qat", search)
+
+
+def _anneal(settings: DQSSSpec, steps: int) -> Anneal | None:
+    """The temperature schedule of a search of `steps` steps (None: constant temperature)."""
+    if settings.final_temperature == settings.temperature:
+        return None
+    return Anneal(settings.temperature, settings.final_temperature, steps)
 
 
 def _both(tick: StepCallback, on_step: StepCallback | None, offset: int = 0) -> StepCallback:
