@@ -3,7 +3,15 @@
 Core: `dqss_search(model, batches, settings) -> Strategy`; the job (checkpoints, files): `run_dqss`."""
 
 from quantsearch.dqss.mixed import mix_quant, naive_mixed_forward
-from quantsearch.dqss.mixers import ActMix, Anneal, Mixer, WeightMix, attach_mixers, candidate_scales, shared_input_groups
+from quantsearch.dqss.mixers import (
+           ActMix,
+           Anneal,
+           Mixer,
+           WeightMix,
+           attach_mixers,
+           candidate_scales,
+           shared_input_groups,
+)
 from quantsearch.dqss.run import DQSSResult, build_from_strategy, run_dqss, strategy_weights
 from quantsearch.dqss.search import dqss_search
 from quantsearch.dqss.strategy import STRATEGY_FORMAT, LayerStrategy, Strategy, choose

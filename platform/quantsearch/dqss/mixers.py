@@ -180,7 +180,7 @@ class Anneal:
     def at(self, step: int) -> float:
         """T at optimizer step `step` (0-based)."""
         span = max(1.0, self.frac * self.steps)
-        return self.start * (self.end / self.start) ** min(1.0, step / span)
+        return float(self.start * (self.end / self.start) ** min(1.0, step / span))
 
     def apply(self, mixers: dict[str, Mixer], step: int) -> None:
         """Set every mixture's temperature for step `step`."""
