@@ -2,9 +2,9 @@ import json
 
 import pytest
 import torch
+from quantsearch import quantize
 from quantsearch.config import DQSSSpec, JobSpec, QuantTarget
 from quantsearch.data import ArrayBatches, PreparedData, split_train_val
-from quantsearch import quantize
 from quantsearch.dqss import (
     Anneal,
     Strategy,
