@@ -10,6 +10,7 @@ on any device, with no files, Ray or MLflow involved::
     sub = supernet.subnet("W3A3", bn_batches=loader)
     cqap = quantsearch.fit_predictor(supernet.sample(200, val, loader), quantsearch.PredictorSpec(), supernet.space, 0)
     found = quantsearch.search_subnets(supernet.space, supernet.costs(), cqap.predictor.predict, search_spec, seed=0)
+    quantsearch.export_onnx(sub, example, "model.onnx", check_batches=test_loader)   # ONNX QDQ, checked in onnxruntime
 
 Settings are the job spec's sections (pydantic models: validated, with defaults); results are frozen dataclasses
 (`Strategy`, `SubnetConfig`) with to_json/from_json. Names are imported on first use, so `import quantsearch`
@@ -33,6 +34,7 @@ _API = {
     "fit_predictor": "quantsearch.predictor.fit",
     # not `search`: importing the subpackage quantsearch.search would rebind that attribute to the module
     "search_subnets": "quantsearch.search.nsga:search",
+    "export_onnx": "quantsearch.export.exporter",
     "PredictorSpec": "quantsearch.config",
     "SearchSpec": "quantsearch.config",
     "Supernet": "quantsearch.supernet.trainer",
@@ -53,7 +55,7 @@ _API = {
 __all__ = [
     "CALIBRATORS", "ConfigError", "DQSSSpec", "LayerConfig", "LayerStrategy", "PredictorSpec", "QuantForm",
     "QuantPolicy", "QuantTarget", "QuantsearchError", "SearchSpec", "Strategy", "SubnetConfig", "Supernet",
-    "SupernetSpec", "__version__", "calibrate", "dqss_search", "evaluate", "fit_predictor", "quantize",
+    "SupernetSpec", "__version__", "calibrate", "dqss_search", "evaluate", "export_onnx", "fit_predictor", "quantize",
     "search_subnets", "train_supernet",
 ]
 
@@ -77,6 +79,7 @@ if TYPE_CHECKING:
     from quantsearch.dqss.search import dqss_search
     from quantsearch.dqss.strategy import LayerStrategy, Strategy
     from quantsearch.errors import ConfigError, QuantsearchError
+    from quantsearch.export.exporter import export_onnx
     from quantsearch.predictor.fit import fit_predictor
     from quantsearch.quant.calibrate import calibrate
     from quantsearch.quant.convert import QuantPolicy

@@ -380,6 +380,67 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """ONNX QDQ export of a quantized result, checked in onnxruntime on the test split, registered in MLflow."""
+    if args.job:
+        from quantsearch.pipeline import run_job
+
+        spec = _job_from_args(args)
+        if getattr(spec, "export", None) is None:
+            spec = _override(spec, export={"source": "auto"})
+        spec = _override(spec, export={"profile": args.profile, "opset": args.opset, "check_images": args.check_images,
+                                       "registry_name": args.register})
+        run_job(spec, progress=not args.quiet, stages=["export"])  # type: ignore[arg-type]
+        return 0
+    from quantsearch.config import DataSpec, ExportSpec, JobSpec, make_section
+    from quantsearch.data import prepare_data
+    from quantsearch.export.job import export_model, load_source, result_path
+    from quantsearch.tracking import JobTracker
+    from quantsearch.tracking.export_tracking import log_export
+    from quantsearch.train import load_checkpoint
+
+    if args.out is None or not (args.checkpoint or args.strategy):
+        raise ConfigError("export needs --out model.onnx and --checkpoint C (with --subnet for a supernet) or "
+                          "--strategy S; or --job JOB.yaml to export a job's result")
+    out = Path(args.out)
+    if out.suffix.lower() != ".onnx":
+        raise ConfigError(f"--out {out} must name an .onnx file (the card and export.json are written beside it)")
+    _out_dir(str(out.parent))
+    if args.profile is not None:
+        from quantsearch.quant import get_profile
+
+        get_profile(args.profile)
+    if args.strategy:
+        from quantsearch.dqss import Strategy, strategy_weights
+
+        weights = args.checkpoint or strategy_weights(args.strategy, Strategy.load(args.strategy))
+    else:
+        weights = args.checkpoint
+    dataset = load_checkpoint(weights)["dataset"]
+    data_spec = make_section(DataSpec, "data", name=args.data or dataset, root=args.root)
+    data = prepare_data(data_spec)
+    ex = make_section(ExportSpec, "--", profile=args.profile, opset=args.opset, check_images=args.check_images,
+                      registry_name=args.register)
+    # everything the export reads is loaded and checked before MLflow or the output folder sees anything
+    source = load_source(args.checkpoint, subnet=args.subnet, strategy=args.strategy, data=data,
+                         bn_images=args.bn_images, seed=args.seed)
+    register = ex.registry_name or out.stem
+    tracker = JobTracker(JobSpec(name="export", seed=args.seed, output_dir=str(out.parent),
+                                 tracking_uri=args.tracking_uri, data=data_spec, export=ex))
+    with tracker.parent(tags={"stage": "export", "source": source.label}):
+        res = export_model(source, data, out, profile=ex.profile, opset=ex.opset, check_images=ex.check_images,
+                           top1_tol=ex.top1_tol, logit_tol=ex.logit_tol, seed=args.seed)
+        version = log_export(tracker, res, register)
+    top = "-" if res.ort_top1 is None else f"{res.ort_top1:.2f}%"
+    ref = "-" if res.torch_top1 is None else f"{res.torch_top1:.2f}%"
+    print(f"{source.label}\n  -> {res.path} ({res.n_qdq} QuantizeLinear/DequantizeLinear, opset {res.opset}); card "
+          f"{res.card_md}; {result_path(res.path)}")
+    print(f"  onnxruntime top-1 {top} vs PyTorch {ref} on {res.samples} test images; max |logit diff| "
+          f"{res.max_abs_logit_diff:.2e}; integer kernels {res.integer_kernels}, float {res.float_kernels}")
+    print(f"  MLflow {tracker.uri}: registered model '{register}' version {version or '-'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = _Parser(prog="quantsearch", description="Find how to quantize a CNN for a target, and prove it on real data.")
@@ -580,6 +641,26 @@ def build_parser() -> argparse.ArgumentParser:
     tune_opts(se)
     device_opt(se, spec_based=True)
     se.set_defaults(func=cmd_search)
+
+    ex = sub.add_parser("export", help="ONNX QDQ export (2..8 bits) checked in onnxruntime, model card, MLflow model")
+    ex.add_argument("--checkpoint", default=None,
+                    help="a QAT/PTQ/DQSS model.pt, a supernet.pt (with --subnet), or the weights for --strategy")
+    ex.add_argument("--subnet", default=None, help="with a supernet: a SubnetConfig JSON (search's best.json) or W4A4")
+    ex.add_argument("--strategy", default=None, help="a DQSS strategy.json (its weights unless --checkpoint)")
+    ex.add_argument("--job", default=None, help="export a job's result instead (its export section, or source auto)")
+    ex.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --job: override a spec field")
+    ex.add_argument("--out", default=None, help="model.onnx to write (card and export.json beside it)")
+    ex.add_argument("--profile", default=None, help="backend profile the graph must run on (refuses other forms)")
+    ex.add_argument("--opset", type=int, default=None, help="ONNX opset (default 21: INT4/UINT4 for 2..4 bits)")
+    ex.add_argument("--check-images", type=int, default=None, help="test images checked (default: all)")
+    ex.add_argument("--data", default=None, help="dataset (default: the checkpoint's)")
+    ex.add_argument("--root", default=None, help="dataset root")
+    ex.add_argument("--bn-images", type=int, default=512, help="supernet subnets: BN recalibration images")
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--register", default=None, help="MLflow registered model name (default: the file's stem)")
+    ex.add_argument("--tracking-uri", default=None, help="MLflow URI (default sqlite:///<out folder>/mlflow.db)")
+    ex.add_argument("--quiet", action="store_true")
+    ex.set_defaults(func=cmd_export)
     return p
 
 

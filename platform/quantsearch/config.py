@@ -425,6 +425,21 @@ class SearchSpec(_Strict):
     dqss: bool = Field(False, description="run DQSS on the best subnet's per-layer bits (needs a dqss section)")
 
 
+class ExportSpec(_Strict):
+    """ONNX QDQ export of the job's quantized result, checked in onnxruntime, registered in MLflow."""
+
+    source: Literal["auto", "search", "search-dqss", "dqss", "qat"] = Field(
+        "auto", description="what to export; auto: the last quantized result the job made (search-dqss, search, "
+                            "dqss, then qat)")
+    profile: str | None = Field(None, description="backend profile the graph must run on; default: search.profile "
+                                                  "(source search*), else the dqss/qat target's profile")
+    opset: int = Field(21, ge=13, description="ONNX opset; >= 21 stores 2..4-bit grids as INT4/UINT4")
+    check_images: int | None = Field(None, ge=1, description="test images onnxruntime checks; default: all")
+    top1_tol: float = Field(0.1, ge=0, description="largest allowed top-1 gap to PyTorch, points")
+    logit_tol: float = Field(0.1, ge=0, description="largest allowed |logit gap| / max(1, largest |logit|)")
+    registry_name: str | None = Field(None, description="MLflow registered model name; default: the job name")
+
+
 class JobSpec(_Strict):
     """A whole job: which data and model, how to train, where results go."""
 
@@ -443,6 +458,7 @@ class JobSpec(_Strict):
     sample: SampleSpec | None = None
     predictor: PredictorSpec | None = None
     search: SearchSpec | None = None
+    export: ExportSpec | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -1,5 +1,5 @@
-"""Run a job spec's stages in order (FP32 -> QAT baseline -> DQSS -> supernet -> sample -> predictor -> search), tracked
-in one MLflow parent run."""
+"""Run a job spec's stages in order (FP32 -> QAT baseline -> DQSS -> supernet -> sample -> predictor -> search ->
+export), tracked in one MLflow parent run."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from quantsearch.data import PreparedData, prepare_data
 from quantsearch.errors import ConfigError
 from quantsearch.tracking import JobTracker
 
-STAGES = ("fp32", "qat", "dqss", "supernet", "sample", "predictor", "search")
+STAGES = ("fp32", "qat", "dqss", "supernet", "sample", "predictor", "search", "export")
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,55 @@ def configured_stages(spec: JobSpec) -> list[str]:
     """The stages a spec asks for, in order."""
     return (["fp32"] + (["qat"] if spec.qat else []) + (["dqss"] if spec.dqss else [])
             + (["supernet"] if spec.supernet else []) + (["sample"] if spec.sample else [])
-            + (["predictor"] if spec.predictor else []) + (["search"] if spec.search else []))
+            + (["predictor"] if spec.predictor else []) + (["search"] if spec.search else [])
+            + (["export"] if spec.export else []))
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """What the export stage exports: which result, the files it reads, the stage that writes them, the profile."""
+
+    source: str
+    checkpoint: Path | None
+    subnet: Path | None
+    strategy: Path | None
+    producer: str
+    profile: str | None
+
+
+def export_plan(spec: JobSpec) -> ExportPlan:
+    """Resolve export.source (auto: the last quantized result the spec makes) to the files it reads."""
+    from quantsearch.supernet.sample_job import supernet_checkpoint
+
+    ex = spec.export
+    assert ex is not None
+    out = Path(spec.output_dir)
+    search, dq, qat = spec.search, spec.dqss, spec.qat
+    made = [name for name, ok in (("search-dqss", search is not None and search.dqss), ("search", search is not None),
+                                  ("dqss", dq is not None), ("qat", qat is not None)) if ok]
+    source = ex.source if ex.source != "auto" else (made[0] if made else "")
+    if source not in made:
+        raise ConfigError(f"export.source '{source or ex.source}' needs "
+                          + ({"search-dqss": "a search section with dqss: true", "search": "a search section",
+                              "dqss": "a dqss section", "qat": "a qat section"}.get(source,
+                                 "a quantized result: add a qat, dqss or search section")))
+    if source == "search-dqss":
+        assert search is not None
+        return ExportPlan(source, None, None, out / "dqss-best" / "strategy.json", "search", ex.profile
+                          or search.profile)
+    if source == "search":
+        assert search is not None
+        ckpt = supernet_checkpoint(spec, spec.sample.checkpoint if spec.sample else None)
+        return ExportPlan(source, ckpt, out / "search" / "best.json", None, "search", ex.profile or search.profile)
+    if source == "dqss":
+        assert dq is not None
+        if dq.subsets:
+            raise ConfigError("dqss.subsets combines K searches without saving one strategy file to export; set "
+                              "export.source to another stage, or export one trial's strategy with "
+                              "`quantsearch export --strategy <dqss>/subset<i>/strategy.json`")
+        return ExportPlan(source, None, None, out / "dqss" / "strategy.json", "dqss", ex.profile or dq.target.profile)
+    assert qat is not None
+    return ExportPlan(source, out / "qat" / "model.pt", None, None, "qat", ex.profile or qat.target.profile)
 
 
 def check_search_inputs(spec: JobSpec, stages: list[str], from_run: str | None = None) -> None:
@@ -129,7 +177,24 @@ def preflight(spec: JobSpec, stages: list[str] | None = None, check_device: bool
         resolve_config(section.target, qmodel)  # deployable on its profile
     check_calibration(spec, data, stages)
     check_search_inputs(spec, stages, from_run)
+    if "export" in stages:
+        _check_export_inputs(spec, stages)
     return data
+
+
+def _check_export_inputs(spec: JobSpec, stages: list[str]) -> None:
+    """The export's source is made by this run or exists on disk; its profile exists."""
+    from quantsearch.quant import get_profile
+
+    plan = export_plan(spec)
+    if plan.profile is not None:
+        get_profile(plan.profile)
+    if plan.producer in stages:
+        return
+    for path in (plan.strategy, plan.subnet, plan.checkpoint):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"export of '{plan.source}' reads {path}, which does not exist: run the {plan.producer} "
+                              f"stage first, or set export.source")
 
 
 def _dqss_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out: Path, progress: bool,
@@ -303,6 +368,29 @@ def _dqss_on_best(spec: JobSpec, data: PreparedData, tracker: JobTracker, out: P
                      res.test_acc, res.search_seconds + res.finetune_seconds, bitops)]
 
 
+def _export_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out: Path) -> list[StageRow]:
+    """Export the planned result to <output_dir>/export/model.onnx, check it on the test split, register it."""
+    from quantsearch.config import SampleSpec
+    from quantsearch.export.job import export_model, load_source
+    from quantsearch.tracking.export_tracking import log_export
+
+    ex = spec.export
+    assert ex is not None
+    plan = export_plan(spec)
+    sa = spec.sample or SampleSpec()
+    register = ex.registry_name or spec.name
+    with tracker.child("export", {"export": ex.model_dump(), "source": plan.source}):
+        source = load_source(plan.checkpoint, subnet=None if plan.subnet is None else str(plan.subnet),
+                             strategy=plan.strategy, data=data, bn_images=sa.bn_images,
+                             seed=spec.seed if sa.seed is None else sa.seed)
+        res = export_model(source, data, out / "export" / "model.onnx", profile=plan.profile, opset=ex.opset,
+                           check_images=ex.check_images, top1_tol=ex.top1_tol, logit_tol=ex.logit_tol, seed=spec.seed)
+        version = log_export(tracker, res, register)
+    ort = float("nan") if res.ort_top1 is None else res.ort_top1 / 100
+    return [StageRow(f"ONNX export ({plan.source}) in onnxruntime; PyTorch {res.torch_top1:.2f} %",
+                     f"{register} v{version}, |dlogit| {res.max_abs_logit_diff:.0e}", float("nan"), ort, res.seconds)]
+
+
 def run_job(spec: JobSpec, progress: bool = True, console: Console | None = None, stages: list[str] | None = None,
             workers: int | None = None, use_gpu: bool | None = None, address: str | None = None,
             from_run: str | None = None) -> list[StageRow]:
@@ -363,6 +451,8 @@ def run_job(spec: JobSpec, progress: bool = True, console: Console | None = None
             rows += search_rows
             if spec.search is not None and spec.search.dqss:
                 rows += _dqss_on_best(spec, data, tracker, out, progress, found.best["bitops"])  # type: ignore[attr-defined]
+        if "export" in stages:
+            rows += _export_stage(spec, data, tracker, out)
         atomic_write_json(out / "results.json", [r.__dict__ for r in rows])
         tracker.log_artifact(out / "results.json")
     if found is not None:

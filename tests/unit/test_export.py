@@ -256,3 +256,27 @@ def test_bad_requests_are_one_line(tmp_path, w4a4):
     with pytest.raises(ConfigError, match="no quantized layers"):
         export_onnx(_float_model("resnet8"), x[:2], tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_plan_follows_the_spec_and_names_what_is_missing(tmp_path):
+    from quantsearch.config import JobSpec
+    from quantsearch.pipeline import configured_stages, export_plan
+
+    base = {"output_dir": str(tmp_path), "data": {"name": "synthetic"}}
+    spec = JobSpec.model_validate({**base, "qat": {}, "dqss": {}, "search": {"budget": {"bitops": "W4A4"},
+                                                                         "dqss": True, "profile": "tflite-int8"},
+                                   "export": {}})
+    assert configured_stages(spec)[-1] == "export"
+    plan = export_plan(spec)  # auto: the last quantized result the job makes
+    assert (plan.source, plan.strategy, plan.profile) == ("search-dqss", tmp_path / "dqss-best" / "strategy.json",
+                                                          "tflite-int8")
+    plan = export_plan(spec.model_copy(update={"export": spec.export.model_copy(update={"source": "search"})}))
+    assert (plan.subnet, plan.checkpoint) == (tmp_path / "search" / "best.json", tmp_path / "supernet" / "supernet.pt")
+    only_qat = JobSpec.model_validate({**base, "qat": {}, "export": {}})
+    assert export_plan(only_qat).checkpoint == tmp_path / "qat" / "model.pt"
+    with pytest.raises(ConfigError, match="needs a dqss section"):
+        export_plan(JobSpec.model_validate({**base, "qat": {}, "export": {"source": "dqss"}}))
+    with pytest.raises(ConfigError, match="add a qat, dqss or search section"):
+        export_plan(JobSpec.model_validate({**base, "export": {}}))
+    with pytest.raises(ConfigError, match="subsets"):
+        export_plan(JobSpec.model_validate({**base, "dqss": {"subsets": 2}, "export": {}}))

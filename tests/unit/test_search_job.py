@@ -182,13 +182,55 @@ def test_pipeline_sample_predictor_search_and_cli_errors(trained, capsys, tmp_pa
     assert stages[-1].startswith("searched mixed + DQSS-PTQ")
     strategy = json.loads((out / "dqss-best" / "strategy.json").read_text())
     assert strategy["layers"]  # one choice per layer at best.json's bits
+    # export: the job's searched subnet (source auto), checked in onnxruntime on the whole test split, registered
+    assert main(["export", "--job", str(job), "--quiet"]) == 0
+    capsys.readouterr()
+    result = json.loads((out / "export" / "model.export.json").read_text())
+    assert result["samples"] == 128
+    assert result["source"].startswith("supernet")
+    assert abs(result["ort_top1"] - result["torch_top1"]) <= 0.1
+    # the exported subnet is the one the search measured (same BN recalibration): same test top-1 within a
+    # rounding of its zero points
+    best = json.loads((out / "search" / "best.json").read_text())
+    assert abs(result["torch_top1"] - 100 * best["measured_test_acc"]) <= 100 / 128 + 1e-9
+    card = json.loads((out / "export" / "model.card.json").read_text())
+    assert SubnetConfig.from_dict(card["config"]) == SubnetConfig.load(out / "search" / "best.json")
+    import mlflow
+    import onnx
+
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    try:
+        versions = mlflow.MlflowClient().search_model_versions("name='tiny-search'")
+        assert [int(v.version) for v in versions] == [1]
+        registered = mlflow.onnx.load_model("models:/tiny-search/1")  # what a deployment pulls
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert registered.graph == onnx.load(str(out / "export" / "model.onnx")).graph
+    # the DQSS strategy on the best subnet's bits, exported on its own (a second name, version 1)
+    dq_onnx = tmp_path / "dq" / "searched-dqss.onnx"
+    uri = f"sqlite:///{tmp_path / 'export.db'}"
+    assert main(["export", "--strategy", str(out / "dqss-best" / "strategy.json"), "--out", str(dq_onnx),
+                 "--tracking-uri", uri]) == 0
+    printed = capsys.readouterr().out
+    assert "registered model 'searched-dqss' version 1" in printed
+    assert dq_onnx.is_file()
+    assert (tmp_path / "dq" / "searched-dqss.card.md").is_file()
     # errors: one line, exit 2, nothing written
     empty = tmp_path / "empty.yaml"
     empty.write_text(yaml.safe_dump({**raw, "output_dir": str(tmp_path / "none")}))
     for argv, needle in ((["sample", str(empty)], "needs a trained supernet"),
                          (["predictor", "fit", str(empty)], "needs measured subnets"),
                          (["search", str(job), "--budget-bitops", "W9A9"], "bits must be an integer in 2..8"),
-                         (["search", str(job), "--profile", "nope", "--budget-bitops", "W3A3"], "unknown backend")):
+                         (["search", str(job), "--profile", "nope", "--budget-bitops", "W3A3"], "unknown backend"),
+                         (["export", "--checkpoint", str(out / "fp32" / "model.pt"), "--out",
+                           str(tmp_path / "none" / "m.onnx")], "FP32 checkpoint with no quantization"),
+                         (["export", "--checkpoint", str(out / "supernet" / "supernet.pt"), "--out",
+                           str(tmp_path / "none" / "m.onnx")], "is a supernet: pass --subnet"),
+                         (["export", "--checkpoint", str(out / "supernet" / "supernet.pt"), "--subnet", "W9A9",
+                           "--out", str(tmp_path / "none" / "m.onnx")], "bits"),
+                         (["export", "--job", str(empty)], "does not exist: run the search stage first"),
+                         (["export", "--checkpoint", str(out / "supernet" / "supernet.pt"), "--subnet", "W4A4",
+                           "--out", str(tmp_path / "none" / "m.txt")], "must name an .onnx file")):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert needle in err, err
