@@ -631,8 +631,8 @@ def main() -> None:
         "there the search and random search can only choose a form. All those configs have the same BitOps, so "
         "the predicted front holds one config and one finalist is measured, while random search measures all of "
         "them and keeps the best on val.",
-        "Finalists are SearchResult.finalists(k) as in the search job: front members spread over the front's whole "
-        "BitOps range (log scale), always with the best predicted; only some of them sit near the budget.",
+        "Finalists are SearchResult.finalists(k) as in the search job: the k front members with the best predicted "
+        "accuracy (next to the budget), the best predicted among them.",
         "Random search draws the search's own random genomes (every form; bits capped at a random level, so low bits "
         "are likelier) and rejects those over budget; it gets as many real measurements as ours used "
         "(sampled subnets + finalists), fewer when the budget holds fewer configs.",

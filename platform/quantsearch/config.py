@@ -419,7 +419,9 @@ class SearchSpec(_Strict):
                                         description="accuracy is maximised, costs minimised")
     population: int = Field(64, ge=4)
     generations: int = Field(30, ge=1)
-    finalists: int = Field(5, ge=1, description="top-k of the predicted front measured for real")
+    finalists: int = Field(5, ge=1, description="front members measured for real (val, then test once)")
+    finalists_spread: bool = Field(False, description="false: the finalists with the best predicted accuracy (next "
+                                                      "to the budget); true: spread over the front's cost range")
     forms: Literal["all", "first"] = Field("all", description="network-wide forms searched (as in sampling)")
     seed: int | None = Field(None, description="default the job seed")
     dqss: bool = Field(False, description="run DQSS on the best subnet's per-layer bits (needs a dqss section)")

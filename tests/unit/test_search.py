@@ -282,8 +282,13 @@ def test_finalists_rows_json_and_plot(generic_run):
         assert best in fin
         assert set(fin) <= set(result.front)
         assert [p.bitops for p in fin] == sorted(p.bitops for p in fin)
-    five = result.finalists(5)
+    five = result.finalists(5, spread=True)
     assert five[0].bitops < 0.5 * five[-1].bitops  # spread over the cost range, not bunched at the top
+    assert best in five
+    near = result.finalists(5)  # default: the best predicted, next to the budget
+    others = [p.accuracy for p in result.front if p not in near]
+    assert min(p.accuracy for p in near) >= max(others)
+    assert sum(p.bitops for p in near) > sum(p.bitops for p in five)
     assert result.finalists(10**6) == result.front
     table = pa.Table.from_pylist(result.to_rows())
     assert table.num_rows == result.n_evaluations

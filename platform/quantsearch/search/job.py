@@ -125,7 +125,7 @@ def search_job(spec: JobSpec, data: PreparedData, out_dir: str | Path, fitness: 
     search_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     test = ArrayBatches(data.test, 512, data.mean, data.std)
-    finalists = list(result.finalists(ss.finalists))
+    finalists = list(result.finalists(ss.finalists, ss.finalists_spread))
     measured = _measure_for_real(ctx, [p.config for p in finalists], test, run_chunks_test, sa.chunk)
     by_cfg = {SubnetConfig.from_json(r["config"]): r for r in measured}
     fin_rows = [{**by_cfg[p.config], "predicted_acc": p.accuracy, "label": "searched"} for p in finalists]

@@ -96,14 +96,20 @@ class SearchResult:
         """The cost the front is spread over: the first cost objective (BitOps when accuracy is the only one)."""
         return next((o for o in self.objectives if o != "accuracy"), "bitops")
 
-    def finalists(self, k: int) -> tuple[SearchPoint, ...]:
-        """k front members spread evenly over the cost range (log scale), always with best(); by cost ascending."""
+    def finalists(self, k: int, spread: bool = False) -> tuple[SearchPoint, ...]:
+        """k front members by cost ascending, always with best(): the k with the best predicted accuracy (they sit
+        next to the budget, where measuring corrects the predictor's ranking), or with `spread` k spread evenly
+        over the front's cost range (log scale: a measured Pareto curve)."""
         if k < 1:
             raise ValueError("k must be at least 1")
         axis = self.cost_axis()
         members = sorted(self.front, key=lambda p: (p.objective(axis), -p.accuracy))
         if len(members) <= k:
             return tuple(members)
+        if not spread:
+            best = self.best()
+            top = [best, *sorted((p for p in members if p != best), key=lambda p: -p.accuracy)[:k - 1]]
+            return tuple(sorted(top, key=lambda p: (p.objective(axis), -p.accuracy)))
         costs = np.array([p.objective(axis) for p in members])
         pos = np.log(costs) if np.all(costs > 0) else costs  # BitOps span decades: spread them evenly in log
         chosen = [members.index(self.best())]
