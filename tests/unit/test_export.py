@@ -152,6 +152,107 @@ def test_w8a8_integer_kernels_in_onnxruntimes_optimized_graph(tmp_path):
     assert (ops["QLinearConv"], ops["QGemm"], total) == (13, 1, 23)
 
 
+def _output_nodes(path) -> list[str]:
+    """The output quantization points (`requant`) in an exported graph."""
+    return [n.name for n in onnx.load(str(path)).graph.node if ".output/" in n.name]
+
+
+def test_w8a8_output_requantization_makes_every_conv_an_integer_kernel(tmp_path):
+    q, x, y = _quantized("resnet8", "W8A8", negative_gamma=True)
+    calib = [_data(seed=1, n=32)[0]]  # not the check batches: the scales must come from these
+    res = export_onnx(q, x[:2], tmp_path / "m.onnx", check_batches=[(x, y)], calib_batches=calib)
+    onnx.checker.check_model(onnx.load(str(res.path)), full_check=True)
+    assert (res.integer_kernels, res.float_kernels) == (10, 0)  # 9 QLinearConv + the head's QGemm
+    _close(res, 0.05)
+    card = read_card(res.card_json)
+    assert card["onnxruntime"]["float_kernels"] == 0
+    points = {r["name"]: r["output"] for r in card["layers"] if r["output"] is not None}
+    # the stem's ReLU feeds stages.0.conv1 and the identity branch; every conv2 and shortcut conv feeds an Add
+    assert set(points) == {"stem.0", "stages.0.conv2", "stages.1.conv2", "stages.1.shortcut.0", "stages.2.conv2",
+                           "stages.2.shortcut.0"}
+    stem = points["stem.0"]  # shares the next layer's input quantizer: one grid per tensor
+    assert (stem["after"], stem["shared_with"], stem["onnx_type"]) == ("Relu", "stages.0.conv1.input/QuantizeLinear",
+                                                                       "UINT8")
+    inits = _inits(res.path)
+    assert stem["scale"] == pytest.approx(float(numpy_helper.to_array(inits["stages.0.conv1.input_scale"])))
+    for name in set(points) - {"stem.0"}:
+        p = points[name]
+        assert (p["after"], p["shared_with"]) == ("Conv", None)
+        lo, hi = p["calibrated_min"], p["calibrated_max"]
+        assert lo < 0 < hi
+        assert p["scale"] == pytest.approx((hi - lo) / 255, rel=1e-6)
+        assert 0 < p["zero_point"] < 255
+        assert float(numpy_helper.to_array(inits[f"{name}.output_scale"])) == pytest.approx(p["scale"])
+    assert len(_output_nodes(res.path)) == 2 * 6
+    assert res.n_qdq == 31 + 2 * 6
+    assert any(n.startswith("Output requantization: 6 W8A8 layers") and "32 calibration images" in n
+               for n in card["notes"])
+    # other check batches, the same calibration: the same points
+    x2, y2 = _data(seed=2)
+    again = export_onnx(q, x[:2], tmp_path / "m2.onnx", check_batches=[(x2, y2)], calib_batches=calib)
+    assert [r["output"] for r in read_card(again.card_json)["layers"]] == [r["output"] for r in card["layers"]]
+
+
+def test_w8a8_without_calibration_keeps_the_residual_convs_float_and_says_why(tmp_path):
+    q, x, y = _quantized("resnet8", "W8A8", negative_gamma=True)
+    res = export_onnx(q, x[:2], tmp_path / "m.onnx", check_batches=[(x, y)])
+    assert (res.integer_kernels, res.float_kernels, res.n_qdq) == (4, 6, 31)
+    assert _output_nodes(res.path) == []
+    card = read_card(res.card_json)
+    assert all(r["output"] is None for r in card["layers"])
+    note = next(n for n in card["notes"] if "stay float" in n)
+    assert note.startswith("6 W8A8 layers stay float Conv/Gemm in onnxruntime (stem.0, stages.0.conv2,")
+    assert "pass calib_batches" in note
+
+
+def test_below_w8a8_calibration_adds_no_points(tmp_path, w4a4):
+    q, x, res = w4a4
+    # the stem is pinned at W8A8, but its ReLU feeds 4-bit inputs: no extra rounding in front of them
+    again = export_onnx(q, x[:2], tmp_path / "m.onnx", check_batches=[x], calib_batches=[_data(seed=1)[0]])
+    assert _output_nodes(again.path) == []
+    assert (again.n_qdq, again.integer_kernels, again.float_kernels) == (res.n_qdq, res.integer_kernels,
+                                                                         res.float_kernels)
+    card = read_card(again.card_json)
+    assert all(r["output"] is None for r in card["layers"])
+    assert not [n for n in card["notes"] if "requantization" in n or "stay float" in n]
+    assert [n.op_type for n in onnx.load(str(again.path)).graph.node] == \
+        [n.op_type for n in onnx.load(str(res.path)).graph.node]
+
+
+def test_output_point_grids():
+    from quantsearch.export.requant import quant_params
+
+    assert quant_params(0.0, 2.55, "UINT8", False) == (pytest.approx(0.01), 0)  # non-negative: zero point at 0
+    assert quant_params(0.0, 2.55, "INT8", False) == (pytest.approx(0.01), -128)  # ... or at INT8's lowest value
+    assert quant_params(-1.0, 1.55, "UINT8", False) == (pytest.approx(0.01), 100)
+    assert quant_params(0.5, 2.55, "UINT8", False) == (pytest.approx(0.01), 0)  # 0 stays on the grid
+    assert quant_params(-1.0, 2.54, "INT8", True) == (pytest.approx(0.02), 0)  # zero-point-free targets
+    assert quant_params(0.0, 0.0, "UINT8", False) == (1.0, 0)
+
+
+def test_export_job_calibrates_output_points_on_training_images(tmp_path):
+    from quantsearch.config import DataSpec
+    from quantsearch.data import ArrayBatches, prepare_data, take
+    from quantsearch.export.job import ExportSource, export_model, result_path
+
+    data = prepare_data(DataSpec(name="synthetic"))
+    x = next(iter(ArrayBatches(take(data.train, 64, 1), 64, data.mean, data.std)))[0]
+    q = qs.quantize(_float_model_for(data), "W8A8", x[:8])
+    qs.calibrate(q, [x], method="maxabs")
+    res = export_model(ExportSource(q.eval(), "maxabs", "test", data.bundle.name), data, tmp_path / "m.onnx",
+                       check_images=64, calib_images=100)
+    assert (res.integer_kernels, res.float_kernels) == (10, 0)
+    assert any("min/max over 100 calibration images" in n for n in read_card(res.card_json)["notes"])
+    assert json.loads(result_path(res.path).read_text())["float_kernels"] == 0
+    with pytest.raises(ConfigError, match="calib_images"):
+        export_model(ExportSource(q, "maxabs", "test", data.bundle.name), data, tmp_path / "n.onnx", calib_images=-1)
+
+
+def _float_model_for(data) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create("resnet8", data.bundle.num_classes, 1).eval()
+
+
 def test_mixed_config_with_every_bit_width_and_form(tmp_path):
     x, y = _data(signed=True)
     q = convert(_float_model("mobilenetv2-tiny", negative_gamma=True), example=x[:2])

@@ -24,8 +24,10 @@ def card_paths(model_path: str | Path) -> tuple[Path, Path]:
 
 
 def layer_rows(specs: list[LayerExport], placed: list[LayerGraph], costs: list[LayerCost],
-               calibration: Mapping[str, tuple[str, str]] | None) -> list[dict[str, Any]]:
-    """One JSON-friendly row per quantized layer."""
+               calibration: Mapping[str, tuple[str, str]] | None,
+               outputs: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One JSON-friendly row per quantized layer (`outputs`: the output quantization points some W8A8 layers get,
+    see `requant`; a row without one has output None)."""
     where = {g.name: g for g in placed}
     cost = {c.name: c for c in costs}
     rows = []
@@ -41,6 +43,7 @@ def layer_rows(specs: list[LayerExport], placed: list[LayerGraph], costs: list[L
                            "shift": g.act_shift, "clipped_to_grid": g.act_clipped, "scale": s.act.scale,
                            "zero_point": s.act.zero_point + g.act_shift},
             "calibration": None if cal is None else {"activation": cal[0], "weight": cal[1]},
+            "output": None if outputs is None or s.name not in outputs else dict(outputs[s.name]),
             "macs": None if c is None else c.macs,
             "bitops": None if c is None else c.macs * w.bits * a.bits,
             "weight_bytes": None if c is None else c.params * w.bits / 8,
