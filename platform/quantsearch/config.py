@@ -437,6 +437,8 @@ class ExportSpec(_Strict):
                                                   "(source search*), else the dqss/qat target's profile")
     opset: int = Field(21, ge=13, description="ONNX opset; >= 21 stores 2..4-bit grids as INT4/UINT4")
     check_images: int | None = Field(None, ge=1, description="test images onnxruntime checks; default: all")
+    calib_images: int = Field(1024, ge=0, description="training images that calibrate the output points W8A8 "
+                                                      "layers get for onnxruntime's integer kernels; 0: none")
     top1_tol: float = Field(0.1, ge=0, description="largest allowed top-1 gap to PyTorch, points")
     logit_tol: float = Field(0.1, ge=0, description="largest allowed |logit gap| / max(1, largest |logit|)")
     registry_name: str | None = Field(None, description="MLflow registered model name; default: the job name")

@@ -384,7 +384,8 @@ def _export_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out: P
                              strategy=plan.strategy, data=data, bn_images=sa.bn_images,
                              seed=spec.seed if sa.seed is None else sa.seed)
         res = export_model(source, data, out / "export" / "model.onnx", profile=plan.profile, opset=ex.opset,
-                           check_images=ex.check_images, top1_tol=ex.top1_tol, logit_tol=ex.logit_tol, seed=spec.seed)
+                           check_images=ex.check_images, top1_tol=ex.top1_tol, logit_tol=ex.logit_tol, seed=spec.seed,
+                           calib_images=ex.calib_images)
         version = log_export(tracker, res, register)
     ort = float("nan") if res.ort_top1 is None else res.ort_top1 / 100
     return [StageRow(f"ONNX export ({plan.source}) in onnxruntime; PyTorch {res.torch_top1:.2f} %",
