@@ -224,6 +224,9 @@ class ScalingSpec(_Strict):
     storage_path: str | None = Field(None, description="Ray storage; default <output_dir>/ray")
     max_failures: int = Field(1, ge=0, description="worker failures tolerated (restart from the last checkpoint)")
     num_to_keep: int = Field(2, ge=1, description="checkpoints Ray keeps")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how Ray places the Train workers' placement group: PACK (Ray's default: as few nodes "
+                            "as fit) or SPREAD (one per node where it can)")
 
 
 def _calibrator_name(name: str, layerwise_ok: bool = True) -> str:

@@ -74,7 +74,7 @@ def test_old_flat_keys_load_into_their_new_sections():
     assert spec.dqss.target.config == "uniform:W3A3"
     assert spec.dqss.target.calib_images == 32
     assert spec.scaling.model_dump() == {"workers": 2, "use_gpu": False, "run_name": "r", "storage_path": "s",
-                                         "max_failures": 3, "num_to_keep": 4}
+                                         "max_failures": 3, "num_to_keep": 4, "placement_strategy": "PACK"}
     assert spec.supernet.epochs == 1
     # what a spec dumps is the new layout, and it loads back to the same spec
     dumped = spec.model_dump()

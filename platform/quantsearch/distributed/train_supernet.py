@@ -7,8 +7,10 @@ parameters carry gradients everywhere). Rank 0 writes the checkpoint and logs to
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from quantsearch.config import JobSpec, SupernetSpec
 from quantsearch.errors import QuantsearchError
 
 FAULT_ENV = "QUANTSEARCH_FAULT_INJECT"  # "rank:epoch:marker" kills that worker once, after that epoch
+WORKERS_FILE = "workers.json"  # beside supernet.pt (checkpoint and output folder): where each rank ran
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class RayTrainResult:
     checkpoint: Path
     metrics: dict[str, Any]
     storage: Path
+    workers: tuple[dict[str, Any], ...] = ()  # per rank: node_id, hostname, pid (the last attempt's group)
 
 
 def _allreduce_grads(model: Any) -> None:
@@ -45,6 +49,20 @@ def _allreduce_grads(model: Any) -> None:
         n = p.grad.numel()
         p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
         offset += n
+
+
+def _gather_workers(rank: int) -> list[dict[str, Any]]:
+    """Every rank's {rank, node_id, hostname, pid}, gathered over the process group (one entry without one)."""
+    import ray
+    import torch.distributed as dist
+
+    me = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(),
+          "pid": os.getpid()}
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [me]
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, me)
+    return sorted(everyone, key=lambda w: w["rank"])
 
 
 def _maybe_inject_fault(spec: str | None, rank: int, epoch: int) -> None:
@@ -77,6 +95,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     sn = spec.supernet or SupernetSpec()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    workers = _gather_workers(rank)
     data = supernet_data(spec, prepare_data(spec.data))
     fp32 = load_checkpoint(config["fp32_path"], kind="fp32")
     # Ray assigns each worker its device (cuda:<local rank> with use_gpu, else cpu): gradients all-reduce there
@@ -90,12 +109,14 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
     def save(r: Any, metrics: dict[str, float]) -> None:
         metrics = {**metrics, "resumed_from_epoch": float(r.resumed_from or 0), "world_size": float(world),
-                   "on_cuda": float(next(r.model.parameters()).is_cuda)}
+                   "on_cuda": float(next(r.model.parameters()).is_cuda),
+                   "nodes": float(len({w["node_id"] for w in workers}))}
         if logger is not None:
             logger(metrics, step=int(metrics["epoch"]))
         if rank == 0:
             with tempfile.TemporaryDirectory() as d:
                 save_checkpoint(Path(d) / "supernet.pt", supernet_payload(r, fp32, spec, shape))
+                (Path(d) / WORKERS_FILE).write_text(json.dumps(workers, indent=1))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
@@ -129,7 +150,7 @@ def train_supernet_ray(spec: JobSpec, fp32_path: Path, out_dir: Path, workers: i
         train_loop_config={"spec": spec.model_dump(), "fp32_path": str(Path(fp32_path).resolve()),
                            "epoch_logger": epoch_logger, "threads": 1,
                            "fault": os.environ.get(FAULT_ENV)},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, placement_strategy=sc.placement_strategy),
         run_config=RunConfig(name=name, storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=sc.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=sc.num_to_keep)),
@@ -145,7 +166,9 @@ def train_supernet_ray(spec: JobSpec, fp32_path: Path, out_dir: Path, workers: i
     target = out_dir / "supernet.pt"
     with result.checkpoint.as_directory() as d:
         data = (Path(d) / "supernet.pt").read_bytes()
-    from quantsearch._util import atomic_write_bytes
+        placed = json.loads((Path(d) / WORKERS_FILE).read_text()) if (Path(d) / WORKERS_FILE).is_file() else []
+    from quantsearch._util import atomic_write_bytes, atomic_write_json
 
     atomic_write_bytes(target, data)
-    return RayTrainResult(target, dict(result.metrics or {}), storage / name)
+    atomic_write_json(out_dir / WORKERS_FILE, placed)
+    return RayTrainResult(target, dict(result.metrics or {}), storage / name, tuple(placed))

@@ -2,7 +2,8 @@
 
 One trial per chunk: it loads the supernet checkpoint once and measures every config of its chunk, so Tune's
 per-trial overhead is paid once per chunk. Rows come back through a Tune callback as each trial reports, so the
-caller can append them to its table while other trials still run.
+caller can append them to its table while other trials still run. Where each trial ran (Ray node id, hostname, pid)
+is kept in `<storage>/<name>-trials.json`.
 """
 
 from __future__ import annotations
@@ -35,10 +36,13 @@ class _Forward(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
                         **info: Any) -> None:
         """Forward the rows a trial reported."""
-        _QUEUES[self.token].put(("rows", json.loads(result["rows"])))
+        where = {"index": result.get("index"), "node_id": result.get("node_id"), "hostname": result.get("hostname"),
+                 "pid": result.get("pid")}
+        _QUEUES[self.token].put(("rows", (json.loads(result["rows"]), where)))
 
 
 def _trial(config: dict[str, Any]) -> None:
+    import ray
     import ray.tune
     import torch
 
@@ -56,13 +60,15 @@ def _trial(config: dict[str, Any]) -> None:
         test = ArrayBatches(data.test, 512, data.mean, data.std)
         for row in rows:
             row["test_acc"] = ctx.test_acc(SubnetConfig.from_json(row["config"]), test)
-    ray.tune.report({"rows": json.dumps(rows), "index": config["index"]})
+    ray.tune.report({"rows": json.dumps(rows), "index": config["index"],
+                     "node_id": ray.get_runtime_context().get_node_id()})
 
 
 def tune_chunks(ctx_args: dict[str, Any], workers: int, storage: str | Path, name: str, address: str | None = None,
                 device: str = "cpu", test: bool = False) -> RunChunks:
     """A RunChunks that measures chunks as Ray Tune trials, `workers` at a time (one CPU each; on CUDA they share
-    the GPU), yielding each chunk's rows as its trial reports; `test` adds test top-1 (finalists only)."""
+    the GPU), yielding each chunk's rows as its trial reports; `test` adds test top-1 (finalists only). Each
+    trial's placement (node id, hostname, pid) is appended to `<storage>/<name>-trials.json` as it reports."""
 
     def run(chunks: list[Chunk]) -> Iterator[list[Row]]:
         if not chunks:
@@ -73,6 +79,8 @@ def tune_chunks(ctx_args: dict[str, Any], workers: int, storage: str | Path, nam
         storage_dir = Path(storage).resolve()
         chunks_file = storage_dir / f"{name}-chunks.json"
         atomic_write_json(chunks_file, [[c.to_json() for c in chunk] for chunk in chunks])
+        placed_file = storage_dir / f"{name}-trials.json"
+        placed: list[dict[str, Any]] = []
         token = f"{name}-{id(chunks)}"
         results: queue.Queue[tuple[str, Any]] = queue.Queue()
         _QUEUES[token] = results
@@ -98,7 +106,10 @@ def tune_chunks(ctx_args: dict[str, Any], workers: int, storage: str | Path, nam
             while True:
                 kind, value = results.get()
                 if kind == "rows":
-                    yield value
+                    rows, where = value
+                    placed.append({**where, "subnets": len(rows)})
+                    atomic_write_json(placed_file, placed)
+                    yield rows
                     continue
                 thread.join()
                 if value:
