@@ -42,3 +42,28 @@ def test_job_tracked_on_server(tmp_path, mlflow_server):
     assert {"supernet/table.png", "supernet/table.parquet", "supernet/supernet.pt"} <= arts
     assert parent.data.params["supernet.epochs"] == "1"
     assert "git_commit" in parent.data.tags
+    # the parent tells the whole story: a linked line per stage run, with its figures and files
+    note = parent.data.tags["mlflow.note.content"]
+    for name, run in children.items():
+        assert parent.data.tags[f"child.{name}"] == run.info.run_id
+        assert f"#/experiments/{exp.experiment_id}/runs/{run.info.run_id}" in note
+    assert "supernet/supernet.pt" in note
+    assert parent.data.metrics["dqss.test_acc"] == pytest.approx(rows[1].test_acc)
+    assert parent.data.metrics["supernet.seconds"] > 0
+
+
+def test_compare_on_server(tmp_path, mlflow_server, capsys):
+    """`quantsearch compare` against the server: two jobs' runs, fronts downloaded through its artifact proxy."""
+    from quantsearch.cli import main
+
+    from tests.unit.test_compare import PNG, log_job
+
+    log_job(mlflow_server, "srv-a", tmp_path, "W3A3", 0.0)
+    log_job(mlflow_server, "srv-b", tmp_path, "W4A4", 0.03, version="2")
+    png = tmp_path / "fronts.png"
+    assert main(["compare", "--tracking-uri", mlflow_server, "--experiment", "srv-a", "--experiment", "srv-b",
+                 "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    for needle in ("srv-a", "srv-b", "BitOps <= W3A3", "84.00 (85.00)", "87.00 (88.00)", "srv-b v2", "2 front(s)"):
+        assert needle in out, needle
+    assert png.read_bytes()[:8] == PNG

@@ -90,7 +90,8 @@ class JobTracker:
 
     @contextmanager
     def parent(self, tags: Mapping[str, str] | None = None) -> Iterator[JobTracker]:
-        """Start (and end) the job's parent run, logging the flattened spec as params."""
+        """Start (and end) the job's parent run, logging the flattened spec as params; as it ends, the parent's note
+        links its stage runs (tracking.compare.link_parent)."""
         check_reachable(self.uri)
         _quiet_mlflow()
         import mlflow
@@ -108,12 +109,30 @@ class JobTracker:
                 for i in range(0, len(items), 90):  # MLflow caps params per batch
                     mlflow.log_params(dict(items[i:i + 90]))
                 mlflow.set_tags({"git_commit": git_commit(), "quantsearch.job": self.spec.name, **(tags or {})})
-                yield self
+                try:
+                    yield self
+                finally:
+                    self._link_story()
         finally:
             if saved is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
             else:
                 os.environ["MLFLOW_TRACKING_URI"] = saved
+
+    def _link_story(self) -> None:
+        """Best effort, as the parent ends: its note links each stage run with its figures and files
+        (tracking.compare.link_parent); a failure here is one warning, never the job's failure."""
+        if self.run_id is None:
+            return
+        try:
+            from quantsearch.tracking.compare import link_parent
+
+            link_parent(self.uri, self.run_id)
+        except Exception as exc:  # the job's own result matters more than its summary
+            import sys
+
+            sys.stderr.write(f"quantsearch: warning: could not write the job's summary onto MLflow run "
+                             f"{self.run_id}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n")
 
     @contextmanager
     def child(self, name: str, params: Mapping[str, Any] | None = None) -> Iterator[str]:
