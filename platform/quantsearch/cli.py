@@ -441,6 +441,154 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _absolute_paths(spec: object) -> dict[str, object]:
+    """The spec as submitted: what it set (JSON), with a relative output_dir and scaling.storage_path resolved here,
+    as `quantsearch run` here would (right for a local cluster or a shared volume at the same path)."""
+    raw: dict[str, object] = spec.model_dump(mode="json", exclude_unset=True)  # type: ignore[attr-defined]
+    raw["output_dir"] = str(Path(spec.output_dir).absolute())  # type: ignore[attr-defined]
+    storage = spec.scaling.storage_path  # type: ignore[attr-defined]
+    if storage and "://" not in storage and not Path(storage).is_absolute():
+        scaling = dict(raw.get("scaling") or {})  # type: ignore[call-overload]
+        scaling["storage_path"] = str(Path(storage).absolute())
+        raw["scaling"] = scaling
+    return raw
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Submit `quantsearch run JOB.yaml` to a Ray cluster through its Jobs API; print the submission id."""
+    import os
+
+    from quantsearch.config import load_job
+    from quantsearch.distributed.jobs import follow, parse_env, resolve_address, submit
+
+    spec = load_job(args.job, args.set or [])  # a bad spec fails here, before anything reaches the cluster
+    if args.tracking_uri:
+        spec = _override(spec, **{"": {"tracking_uri": args.tracking_uri}})  # type: ignore[assignment]
+    env = parse_env(args.env)
+    if os.environ.get("MLFLOW_TRACKING_URI") and "MLFLOW_TRACKING_URI" not in env:
+        env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
+    raw = _absolute_paths(spec)
+    address = resolve_address(args.address)
+    sid = submit(raw, address, env, args.submission_id, python=args.python)
+    uri = spec.tracking_uri or env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{raw['output_dir']}/mlflow.db"
+    print(sid)
+    sys.stderr.write(f"submitted '{spec.name}' to {address} as {sid}: output {raw['output_dir']}, MLflow {uri}\n"
+                     f"  quantsearch jobs logs {sid} --follow --address {address}\n")
+    if not args.follow:
+        return 0
+    info = follow(sid, lambda text: (sys.stdout.write(text), sys.stdout.flush()), address)
+    return _final(info)
+
+
+def _final(info: object) -> int:
+    """One line on the job's end; 0 when it succeeded, 1 otherwise."""
+    status, sid = info.status, info.submission_id or info.job_id  # type: ignore[attr-defined]
+    secs = info.seconds  # type: ignore[attr-defined]
+    took = "" if secs is None else f" after {secs:.0f}s"
+    if status == "SUCCEEDED":
+        sys.stderr.write(f"job {sid} SUCCEEDED{took}\n")
+        return 0
+    sys.stderr.write(f"quantsearch: job {sid} {status}{took}: {info.message}\n")  # type: ignore[attr-defined]
+    return 1
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    """The cluster's jobs: id, status, wall time, what ran."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from quantsearch.distributed.jobs import list_jobs, resolve_address
+
+    rows = list_jobs(args.address)
+    table = Table(title=f"Ray jobs at {resolve_address(args.address)}")
+    for col in ("submission id", "status", "seconds", "job", "entrypoint", "message"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.submission_id or r.job_id, r.status, "-" if r.seconds is None else f"{r.seconds:.0f}",
+                      r.metadata.get("quantsearch.job", "-"), r.entrypoint, r.message)
+    Console().print(table)
+    return 0
+
+
+def cmd_jobs_status(args: argparse.Namespace) -> int:
+    """One job's status line."""
+    from quantsearch.distributed.jobs import job_info, wait
+
+    info = wait(args.id, args.address) if args.wait else job_info(args.id, args.address)
+    secs = "" if info.seconds is None else f" ({info.seconds:.0f}s)"
+    print(f"{args.id} {info.status}{secs}: {info.message}")
+    return _final(info) if args.wait else 0
+
+
+def cmd_jobs_logs(args: argparse.Namespace) -> int:
+    """A job's logs so far, or followed until it ends."""
+    from quantsearch.distributed.jobs import follow, job_logs
+
+    if args.follow:
+        return _final(follow(args.id, lambda text: (sys.stdout.write(text), sys.stdout.flush()), args.address))
+    sys.stdout.write(job_logs(args.id, args.address))
+    return 0
+
+
+def cmd_jobs_stop(args: argparse.Namespace) -> int:
+    """Ask the cluster to stop a job (its driver and every worker it started)."""
+    from quantsearch.distributed.jobs import job_info, stop, wait
+
+    if not stop(args.id, args.address):
+        info = job_info(args.id, args.address)
+        print(f"{args.id} was not running ({info.status})")
+        return 0
+    if args.wait:
+        info = wait(args.id, args.address, timeout_s=120)
+        print(f"{args.id} {info.status}")
+        return 0
+    print(f"stop requested for {args.id}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Jobs side by side from MLflow (one row per job run) and their Pareto fronts in one plot."""
+    import os
+
+    from rich.console import Console
+
+    from quantsearch.tracking.compare import compare_table, fronts, fronts_png, job_summaries
+
+    experiments = args.experiment
+    uri = args.tracking_uri
+    if args.job:
+        from quantsearch.config import load_job
+        from quantsearch.tracking import resolve_uri
+
+        spec = load_job(args.job, [])
+        uri = uri or resolve_uri(spec)
+        experiments = experiments or [spec.name]
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise ConfigError("compare needs a store: --tracking-uri URI, MLFLOW_TRACKING_URI, or --job JOB.yaml (its "
+                          "store, default sqlite:///<output_dir>/mlflow.db)")
+    if args.plot and Path(args.plot).suffix.lower() != ".png":
+        raise ConfigError(f"--plot {args.plot} must name a .png file")
+    if args.plot:
+        _out_dir(str(Path(args.plot).absolute().parent))
+    metrics = args.metric or []
+    jobs = job_summaries(uri, experiments, metrics)
+    console = Console(width=None if sys.stdout.isatty() else 250)  # logs and files: the table unwrapped
+    if not jobs:
+        console.print(f"no job runs in {uri}" + (f" (experiments {', '.join(experiments)})" if experiments else ""))
+    else:
+        console.print(compare_table(jobs, metrics))
+    if args.json:
+        from quantsearch._util import atomic_write_json
+
+        atomic_write_json(args.json, [j.to_dict() for j in jobs])
+    if args.plot:
+        items = fronts(uri, jobs)
+        out = fronts_png(items, args.plot)
+        console.print(f"{len(items)} front(s) -> {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = _Parser(prog="quantsearch", description="Find how to quantize a CNN for a target, and prove it on real data.")
@@ -661,6 +809,58 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--tracking-uri", default=None, help="MLflow URI (default sqlite:///<out folder>/mlflow.db)")
     ex.add_argument("--quiet", action="store_true")
     ex.set_defaults(func=cmd_export)
+    sb = sub.add_parser("submit", help="submit `quantsearch run JOB.yaml` to a Ray cluster (Ray Jobs API)")
+    job_opts(sb, positional=True)
+    sb.add_argument("--address", default=None, metavar="http://HEAD:8265",
+                    help="the cluster's Jobs API (dashboard) address (default: RAY_JOBS_ADDRESS, an http RAY_ADDRESS, "
+                         "or http://127.0.0.1:8265)")
+    sb.add_argument("--follow", action="store_true", help="stream the job's logs until it ends; exit 1 unless it "
+                                                         "succeeded")
+    sb.add_argument("--submission-id", default=None, help="the job's id (default: Ray picks raysubmit_...)")
+    sb.add_argument("--env", action="append", metavar="KEY=VALUE", help="an env var for the job (repeatable); "
+                                                                       "MLFLOW_TRACKING_URI travels when set here")
+    sb.add_argument("--tracking-uri", default=None, help="the job's MLflow store (sets the spec's tracking_uri)")
+    sb.add_argument("--python", default="python",
+                    help="the cluster's Python with quantsearch installed (default: python on the cluster's PATH)")
+    sb.set_defaults(func=cmd_submit)
+
+    jobs = sub.add_parser("jobs", help="Ray jobs on a cluster: list, status, logs, stop").add_subparsers(
+        dest="action", required=True, parser_class=_Parser)
+
+    def address_opt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--address", default=None, metavar="http://HEAD:8265",
+                        help="the cluster's Jobs API address (default as for submit)")
+
+    jl = jobs.add_parser("list", help="every job the cluster knows")
+    address_opt(jl)
+    jl.set_defaults(func=cmd_jobs_list)
+    js = jobs.add_parser("status", help="one job's status")
+    js.add_argument("id", help="submission id")
+    js.add_argument("--wait", action="store_true", help="wait until it ends; exit 1 unless it succeeded")
+    address_opt(js)
+    js.set_defaults(func=cmd_jobs_status)
+    jg = jobs.add_parser("logs", help="a job's logs")
+    jg.add_argument("id", help="submission id")
+    jg.add_argument("--follow", action="store_true", help="stream until the job ends; exit 1 unless it succeeded")
+    address_opt(jg)
+    jg.set_defaults(func=cmd_jobs_logs)
+    jt = jobs.add_parser("stop", help="stop a job")
+    jt.add_argument("id", help="submission id")
+    jt.add_argument("--wait", action="store_true", help="wait (up to 2 min) until it has stopped")
+    address_opt(jt)
+    jt.set_defaults(func=cmd_jobs_stop)
+
+    cp = sub.add_parser("compare", help="jobs side by side from MLflow, and their Pareto fronts in one plot")
+    cp.add_argument("--experiment", action="append", metavar="NAME",
+                    help="an MLflow experiment (= a job's name; repeatable; default: every one)")
+    cp.add_argument("--metric", action="append", metavar="STAGE.KEY",
+                    help="an extra column: a stage run's metric (e.g. fp32.test_acc, predictor.heldout.tau) or a "
+                         "parent run's (repeatable)")
+    cp.add_argument("--plot", default=None, metavar="OUT.png", help="overlay the jobs' Pareto fronts in a PNG")
+    cp.add_argument("--json", default=None, metavar="OUT.json", help="also write the rows as JSON")
+    cp.add_argument("--tracking-uri", default=None, help="MLflow store (default: MLFLOW_TRACKING_URI, or --job's)")
+    cp.add_argument("--job", default=None, help="a job spec: its store and (unless --experiment) its experiment")
+    cp.set_defaults(func=cmd_compare)
     return p
 
 
