@@ -64,8 +64,12 @@ def _start_time(pid: int) -> str | None:
 
 
 def _alive(pid: int, started: str | None) -> bool:
-    now = _start_time(pid)
-    return now is not None and (started is None or now == started)
+    """Running (not a zombie waiting to be reaped) and the same process (its start time), not a reused pid."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] not in ("Z", "X") and (started is None or fields[19] == started)
 
 
 @dataclass
