@@ -313,8 +313,12 @@ class DQSSSpec(_Strict):
     batch_size: int = Field(128, ge=1)
     temperature: float = Field(1.0, gt=0, description="T in softmax(alpha/T) at the start of the search")
     final_temperature: float = Field(
-        0.1, gt=0, description="T falls geometrically to this over the first 80 % of the search steps, so the "
-                               "mixture trained ends close to the argmax strategy that deploys; = temperature: off")
+        0.1, gt=0, description="T stays at `temperature` for the first half of the search steps, then falls "
+                               "geometrically to this by 90 % of them, so the mixture trained ends close to the "
+                               "argmax strategy that deploys; = temperature: off")
+    guard: bool = Field(True, description="PTQ: deploy the searched strategy only if its KL to the FP32 logits on the "
+                                          "calibration images is at most that of each candidate on every layer; "
+                                          "else that candidate (recorded in strategy.json)")
     search_epochs: float = Field(1.0, gt=0, description="QAT: epochs of the joint search")
     finetune_epochs: float = Field(1.0, ge=0, description="QAT: epochs fine-tuning the argmax strategy")
     weight_lr: float = Field(1e-3, gt=0, description="QAT: network weights")

@@ -176,10 +176,11 @@ def test_dqss_ptq_options_learn_scales_and_untie(tiny):
 
 
 def test_anneal_schedule_runs_geometric_then_holds():
-    a = Anneal(1.0, 0.01, steps=100)
+    a = Anneal(1.0, 0.01, steps=100)  # hot for 50 steps, geometric down by step 90
     assert a.at(0) == pytest.approx(1.0)
-    assert a.at(40) == pytest.approx(0.1)  # half-way through the 80 steps that anneal: sqrt(1 * 0.01)
-    assert a.at(80) == pytest.approx(0.01)
+    assert a.at(50) == pytest.approx(1.0)
+    assert a.at(70) == pytest.approx(0.1)  # half-way through the annealing steps: sqrt(1 * 0.01)
+    assert a.at(90) == pytest.approx(0.01)
     assert a.at(99) == pytest.approx(0.01)
     assert all(a.at(k + 1) <= a.at(k) for k in range(99))
 
@@ -210,3 +211,18 @@ def test_annealed_search_ends_at_the_strategy_it_deploys(tiny):
     hot = _mixture_vs_argmax_gap(tiny, 1.0)
     cold = _mixture_vs_argmax_gap(tiny, 0.01)
     assert cold < 1e-3 < hot
+
+
+def test_guard_deploys_whichever_of_search_and_single_candidates_fits_the_teacher_best(tiny):
+    out, data = tiny
+    res = run_dqss(_ptq("uniform:W3A3", iters=20, lr=0.1, batch_size=64, easyquant_steps=10), out / "fp32" / "model.pt",
+                   data, out / "dqss-guard")
+    guard = res.strategy.search["guard"]
+    kl = guard["calib_kl"]
+    assert set(kl) == {"search", "maxabs", "kl", "easyquant", "admm"}
+    assert kl[guard["deployed"]] == min(kl.values())
+    if guard["deployed"] != "search":  # a single candidate won: every layer deploys it
+        assert set(res.choices.values()) == {(guard["deployed"], guard["deployed"])}
+    off = run_dqss(_ptq("uniform:W3A3", iters=20, lr=0.1, batch_size=64, easyquant_steps=10, guard=False),
+                   out / "fp32" / "model.pt", data, out / "dqss-noguard")
+    assert "guard" not in off.strategy.search

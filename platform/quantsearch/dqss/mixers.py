@@ -169,18 +169,21 @@ def attach_mixers(model: nn.Module, cands: Candidates, temperature: float = 1.0,
 
 @dataclass(frozen=True)
 class Anneal:
-    """The mixtures' softmax temperature per step: geometric from `start` to `end` over the first `frac` of
-    `steps`, then `end`. Ending cold makes the mixture the loss trains close to the argmax that deploys."""
+    """The mixtures' softmax temperature per step: `start` for the first `begin` of `steps` (alpha/beta learn
+    their preferences), then geometric down to `end` at `frac` of the steps, then `end`. Ending cold makes the
+    mixture the loss trains close to the argmax that deploys."""
 
     start: float
     end: float
     steps: int
-    frac: float = 0.8
+    begin: float = 0.5
+    frac: float = 0.9
 
     def at(self, step: int) -> float:
         """T at optimizer step `step` (0-based)."""
-        span = max(1.0, self.frac * self.steps)
-        return float(self.start * (self.end / self.start) ** min(1.0, step / span))
+        lo, hi = self.begin * self.steps, self.frac * self.steps
+        t = min(1.0, max(0.0, (step - lo) / max(1.0, hi - lo)))
+        return float(self.start * (self.end / self.start) ** t)
 
     def apply(self, mixers: dict[str, Mixer], step: int) -> None:
         """Set every mixture's temperature for step `step`."""

@@ -149,11 +149,19 @@ def _search(model: nn.Module, teacher: nn.Module, mixers: dict[str, Mixer], batc
     if settings.mode == "ptq":
         log = train_mixers_ptq(model, teacher, mixers, batches, settings.iters, settings.arch_lr(),
                                settings.scales_lr(), on_step, _anneal(settings, settings.iters))
-        layers = choose(mixers, candidates)
+        guard: dict[str, Any] = {}
+        pick = None
+        if settings.guard:
+            losses = {"search": _hard_kl(model, teacher, mixers, batches, None),
+                      **{c: _hard_kl(model, teacher, mixers, batches, i) for i, c in enumerate(candidates)}}
+            winner = min(losses, key=lambda k: losses[k])  # ties keep the search (first)
+            pick = None if winner == "search" else candidates.index(winner)
+            guard = {"guard": {"calib_kl": losses, "deployed": winner}}
+        layers = choose(mixers, candidates, pick)
         detach_mixers(model, mixers)
         search = {"iters": settings.iters, "lr": settings.arch_lr(), "scale_lr": settings.scales_lr(),
                   "loss": "KL(fp32 || quantized) logits", **common,
-                  "final_loss": log.losses[-1] if log.losses else None, "seconds": log.seconds}
+                  "final_loss": log.losses[-1] if log.losses else None, "seconds": log.seconds, **guard}
         strategy = Strategy(layers, cfg, candidates, "ptq", search)
         strategy.apply(model)
         return strategy
@@ -180,6 +188,29 @@ def _search(model: nn.Module, teacher: nn.Module, mixers: dict[str, Mixer], batc
               "loss": "CE + kd_weight * KL(fp32 || quantized) logits", **common, "seconds": slog.seconds,
               "finetune_seconds": flog.seconds, "scales": "learned (LSQ) in search and fine-tuning; final values"}
     return Strategy(strategy.with_scales_of(model).layers, cfg, candidates, "qat", search)
+
+
+@torch.no_grad()
+def _hard_kl(model: nn.Module, teacher: nn.Module, mixers: dict[str, Mixer], batches: Iterable[Batch],
+             pick: int | None) -> float:
+    """Mean KL(FP32 || quantized) over one pass of `batches` with every mixture one-hot: its argmax (pick None) or
+    candidate `pick` on every layer. alpha/beta are put back afterwards."""
+    saved = {id(t): (t, t.detach().clone()) for m in mixers.values() for t in (m.act.alpha, m.weight.beta)}
+    device = model_device(model)
+    try:
+        for t, old in saved.values():
+            k = int(old.argmax()) if pick is None else pick
+            t.copy_(torch.full_like(old, -1e4).index_fill_(0, torch.tensor([k], device=old.device), 0.0))
+        total, n = 0.0, 0
+        for batch in batches:
+            x = split_batch(batch)[0].to(device)
+            kl = F.kl_div(F.log_softmax(model(x), 1), F.log_softmax(teacher(x), 1), reduction="sum", log_target=True)
+            total += float(kl)
+            n += len(x)
+    finally:
+        for t, old in saved.values():
+            t.copy_(old)
+    return total / max(n, 1)
 
 
 def _anneal(settings: DQSSSpec, steps: int) -> Anneal | None:

@@ -174,12 +174,14 @@ class Strategy(NamedLayers[LayerStrategy]):
 
 
 @torch.no_grad()
-def choose(mixers: Mapping[str, Mixer], candidates: tuple[str, ...]) -> tuple[tuple[str, LayerStrategy], ...]:
-    """argmax per layer: the chosen calibrators, their scales and zero points, and the final p and q."""
+def choose(mixers: Mapping[str, Mixer], candidates: tuple[str, ...], pick: int | None = None
+           ) -> tuple[tuple[str, LayerStrategy], ...]:
+    """argmax per layer (or candidate `pick` on every layer): the chosen calibrators, their scales and zero points,
+    and the final p and q."""
     out = []
     for name, m in mixers.items():
         p, q = m.probs()
-        i, j = int(p.argmax()), int(q.argmax())
+        i, j = (int(p.argmax()), int(q.argmax())) if pick is None else (pick, pick)
         a, w = m.act, m.weight
         out.append((name, LayerStrategy(
             activation=candidates[i], weight=candidates[j], activation_group=m.group, activation_unsigned=a.nonneg,
