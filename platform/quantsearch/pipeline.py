@@ -271,7 +271,8 @@ def _chunk_runner(spec: JobSpec, out: Path, name: str, workers: int | None, addr
     from quantsearch.supernet.sample_job import context_args
 
     dev = "cuda" if resolve_device(spec.device).type == "cuda" else "cpu"
-    return tune_chunks(context_args(spec), n, out / "ray", name, address, dev, test)
+    storage = Path(spec.scaling.storage_path) if spec.scaling.storage_path else out / "ray"
+    return tune_chunks(context_args(spec), n, storage, name, address, dev, test)
 
 
 def _sample_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out: Path, workers: int | None,
