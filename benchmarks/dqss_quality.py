@@ -18,7 +18,8 @@ calibrator (of the four candidates) + 0.5 points; DQSS-QAT W4A4 within 1 point o
 top-1; val figures are saved beside them. The best single calibrator is picked on VAL (every single row records
 its val accuracy); the DQSS-vs-best-single comparison then uses the test accuracies of DQSS and of that pick.
 --quick (what a smoke run can afford): 2,000 test images, 512 calibration images, W4A4 only, short searches;
-writes results/dqss_quality_quick.json.
+writes results/dqss_quality_quick.json. --reuse-singles keeps the single-calibrator rows of the existing file
+and re-runs only DQSS (after a change to DQSS alone).
 """
 
 from __future__ import annotations
@@ -80,10 +81,17 @@ def bench_model(model: str, args: argparse.Namespace, data: Any) -> dict[str, An
         cfg = f"W{bits}A{bits}"
         target = QuantTarget(config=f"uniform:{cfg}", calib_images=args.calib_images)
         r: dict[str, Any] = {}
+        if args.reuse_singles is not None:  # the single calibrators do not depend on DQSS's settings
+            r.update({k: v for k, v in args.reuse_singles["models"][model]["ptq"][cfg].items()
+                      if k in (*SINGLES, "mse", *TORCH_AO)})
         for m in (*SINGLES, "mse"):
+            if m in r:
+                continue
             res = calibrate_ptq(ckpt, data, target, m, m, out / f"{cfg}-{m}", args.seed)
             r[m] = _row(res.val_acc, res.test_acc, seconds=round(res.seconds, 1))
         for name, (a, w) in TORCH_AO.items():
+            if name in r:
+                continue
             res = calibrate_ptq(ckpt, data, target, a, w, out / f"{cfg}-{name}", args.seed)
             r[name] = _row(res.val_acc, res.test_acc, seconds=round(res.seconds, 1))
         variants = _ptq_variants(args)
@@ -95,7 +103,8 @@ def bench_model(model: str, args: argparse.Namespace, data: Any) -> dict[str, An
             r[name] = _row(res.val_acc, res.test_acc, search_seconds=round(res.search_seconds, 1),
                            total_seconds=round(time.perf_counter() - t0, 1), iters=args.iters, lr=args.lr,
                            scale_lr=scale_lr, easyquant_steps=args.easyquant_steps, calib_images=args.calib_images,
-                           temperature=[spec.temperature, spec.final_temperature], choices=_choices(res))
+                           temperature=[spec.temperature, spec.final_temperature], choices=_choices(res),
+                           guard=res.strategy.search.get("guard") if res.strategy else None)
         best_name = best_single(r)
         best = r[best_name]["test_acc"]
         for name in variants:
@@ -153,8 +162,19 @@ def main() -> None:
     ap.add_argument("--no-qat", dest="qat", action="store_false")
     ap.add_argument("--qat-only", action="store_true",
                     help="re-measure only DQSS-QAT and replace those rows in the existing results file")
+    ap.add_argument("--reuse-singles", action="store_true",
+                    help="take the single-calibrator and torch.ao rows from the existing results file (same FP32 "
+                         "checkpoints, seed and calibration images); re-run only DQSS")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    reused_from = None
+    if args.reuse_singles:
+        old_path = RESULTS / ("dqss_quality_quick.json" if args.quick else "dqss_quality.json")
+        args.reuse_singles = json.loads(old_path.read_text())
+        reused_from = {"file": old_path.name, "date": args.reuse_singles.get("ptq_grid_date",
+                                                                              args.reuse_singles["date"])}
+    else:
+        args.reuse_singles = None
     q = args.quick
     args.bits = args.bits or ([4] if q else [8, 4, 3])
     args.iters = args.iters or (60 if q else 200)
@@ -182,9 +202,12 @@ def main() -> None:
         "first_last_layer_bits": 8, "dqss_ptq": {"iters": args.iters, "lr": args.lr,
                                                  "scale_lr_per_row": _ptq_variants(args),
                                                  "easyquant_steps": args.easyquant_steps, "loss": "KL to FP32 logits",
-                                                 "temperature": "softmax T from 1.0 falling geometrically to "
-                                                                f"{DQSSSpec().final_temperature} over the first "
-                                                                "80 % of the steps (DQSSSpec defaults)"},
+                                                 "temperature": "softmax T = 1.0 for the first half of the steps, "
+                                                                "then geometric to "
+                                                                f"{DQSSSpec().final_temperature} by 90 % of them",
+                                                 "guard": "the argmax deploys only if its KL to the FP32 logits on "
+                                                          "the calibration images is at most each single "
+                                                          "candidate's on every layer (DQSSSpec.guard)"},
         "best_single": "the single calibrator (maxabs, kl, easyquant, admm) with the best val accuracy; "
                        "gain_over_best_single_points compares test accuracies",
         "torchao": "torch.ao.quantization observers (deprecated in torch 2.14, still working) computing the "
@@ -193,6 +216,7 @@ def main() -> None:
                     "W3A3": "DQSS-PTQ >= 85 %", "each": ">= best single calibrator + 0.5 points",
                     "QAT": "DQSS-QAT W4A4 within 1 point of FP32"},
         "models": models, "seconds": round(time.perf_counter() - t0, 1),
+        **({"singles_reused_from": reused_from} if reused_from else {}),
     })
 
 
