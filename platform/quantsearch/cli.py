@@ -389,7 +389,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if getattr(spec, "export", None) is None:
             spec = _override(spec, export={"source": "auto"})
         spec = _override(spec, export={"profile": args.profile, "opset": args.opset, "check_images": args.check_images,
-                                       "registry_name": args.register})
+                                       "calib_images": args.calib_images, "registry_name": args.register})
         run_job(spec, progress=not args.quiet, stages=["export"])  # type: ignore[arg-type]
         return 0
     from quantsearch.config import DataSpec, ExportSpec, JobSpec, make_section
@@ -420,7 +420,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     data_spec = make_section(DataSpec, "data", name=args.data or dataset, root=args.root)
     data = prepare_data(data_spec)
     ex = make_section(ExportSpec, "--", profile=args.profile, opset=args.opset, check_images=args.check_images,
-                      registry_name=args.register)
+                      calib_images=args.calib_images, registry_name=args.register)
     # everything the export reads is loaded and checked before MLflow or the output folder sees anything
     source = load_source(args.checkpoint, subnet=args.subnet, strategy=args.strategy, data=data,
                          bn_images=args.bn_images, seed=args.seed)
@@ -429,7 +429,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                                  tracking_uri=args.tracking_uri, data=data_spec, export=ex))
     with tracker.parent(tags={"stage": "export", "source": source.label}):
         res = export_model(source, data, out, profile=ex.profile, opset=ex.opset, check_images=ex.check_images,
-                           top1_tol=ex.top1_tol, logit_tol=ex.logit_tol, seed=args.seed)
+                           top1_tol=ex.top1_tol, logit_tol=ex.logit_tol, seed=args.seed, calib_images=ex.calib_images,
+                           provenance={"command": " ".join(["quantsearch", *sys.argv[1:]]),
+                                       "mlflow": {"tracking_uri": tracker.uri, "run_id": tracker.run_id}})
         version = log_export(tracker, res, register)
     top = "-" if res.ort_top1 is None else f"{res.ort_top1:.2f}%"
     ref = "-" if res.torch_top1 is None else f"{res.torch_top1:.2f}%"
@@ -801,6 +803,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--profile", default=None, help="backend profile the graph must run on (refuses other forms)")
     ex.add_argument("--opset", type=int, default=None, help="ONNX opset (default 21: INT4/UINT4 for 2..4 bits)")
     ex.add_argument("--check-images", type=int, default=None, help="test images checked (default: all)")
+    ex.add_argument("--calib-images", type=int, default=None,
+                    help="training images calibrating the output points of W8A8 layers (default 1024; 0: none)")
     ex.add_argument("--data", default=None, help="dataset (default: the checkpoint's)")
     ex.add_argument("--root", default=None, help="dataset root")
     ex.add_argument("--bn-images", type=int, default=512, help="supernet subnets: BN recalibration images")

@@ -380,13 +380,16 @@ def _export_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out: P
     plan = export_plan(spec)
     sa = spec.sample or SampleSpec()
     register = ex.registry_name or spec.name
-    with tracker.child("export", {"export": ex.model_dump(), "source": plan.source}):
+    with tracker.child("export", {"export": ex.model_dump(), "source": plan.source}) as run_id:
         source = load_source(plan.checkpoint, subnet=None if plan.subnet is None else str(plan.subnet),
                              strategy=plan.strategy, data=data, bn_images=sa.bn_images,
                              seed=spec.seed if sa.seed is None else sa.seed)
         res = export_model(source, data, out / "export" / "model.onnx", profile=plan.profile, opset=ex.opset,
                            check_images=ex.check_images, top1_tol=ex.top1_tol, logit_tol=ex.logit_tol, seed=spec.seed,
-                           calib_images=ex.calib_images)
+                           calib_images=ex.calib_images,
+                           provenance={"job": spec.name, "mlflow": {"tracking_uri": tracker.uri,
+                                                                    "parent_run_id": tracker.run_id, "run_id": run_id},
+                                       "job_spec": spec.model_dump(mode="json")})
         version = log_export(tracker, res, register)
     ort = float("nan") if res.ort_top1 is None else res.ort_top1 / 100
     return [StageRow(f"ONNX export ({plan.source}) in onnxruntime; PyTorch {res.torch_top1:.2f} %",

@@ -194,6 +194,9 @@ def test_pipeline_sample_predictor_search_and_cli_errors(trained, capsys, tmp_pa
     best = json.loads((out / "search" / "best.json").read_text())
     assert abs(result["torch_top1"] - 100 * best["measured_test_acc"]) <= 100 / 128 + 1e-9
     card = json.loads((out / "export" / "model.card.json").read_text())
+    assert card["provenance"]["job_spec"]["name"] == "tiny-search"  # where the model came from
+    assert card["provenance"]["mlflow"]["run_id"]
+    assert "## Provenance" in (out / "export" / "model.card.md").read_text()
     assert SubnetConfig.from_dict(card["config"]) == SubnetConfig.load(out / "search" / "best.json")
     import mlflow
     import onnx

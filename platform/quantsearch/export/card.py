@@ -99,6 +99,13 @@ def markdown(card: Mapping[str, Any]) -> str:
             f"{_fmt(r['weight_bytes'], 1)} | {'yes' if r['bn_folded'] else 'no'} |")
     if card.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in card["notes"]]
+    prov = card.get("provenance")
+    if prov:
+        lines += ["", "## Provenance", ""]
+        lines += [f"- {k}: `{v}`" for k, v in prov.items() if not isinstance(v, Mapping)]
+        for k, v in prov.items():
+            if isinstance(v, Mapping):
+                lines += ["", f"{k}:", "", "```json", json.dumps(v, indent=2, default=str), "```"]
     return "\n".join(lines) + "\n"
 
 

@@ -247,7 +247,8 @@ def _card(*, path: Path, opset: int, profile: str | None, example: torch.Tensor,
 def export_onnx(qmodel: nn.Module, example: torch.Tensor, path: str | Path, *, profile: str | None = None,
                 check_batches: Iterable[Batch] | None = None, opset: int = 21,
                 calibration: Calibration | None = None, top1_tol: float = 0.1, logit_tol: float = 0.1,
-                threads: int = 0, calib_batches: Iterable[Batch] | None = None) -> ExportResult:
+                threads: int = 0, calib_batches: Iterable[Batch] | None = None,
+                provenance: Mapping[str, Any] | None = None) -> ExportResult:
     """Export a converted model with an active config to ONNX QDQ at `path`, checked in onnxruntime.
 
     `example` is one input batch (its shape past the batch dimension is the model's input). `profile` refuses forms
@@ -309,6 +310,8 @@ def export_onnx(qmodel: nn.Module, example: torch.Tensor, path: str | Path, *, p
         card = _card(path=path, opset=opset, profile=profile, example=example, ref=ref, costs=costs, rows=rows,
                      report=report, counts=counts, n_qdq=n_qdq, moved=moved,
                      extra=_requant_notes(points, unplaced, calib_images))
+        if provenance:
+            card["provenance"] = dict(provenance)
         md, js = cards.write_card(card, path)
         os.replace(tmp, path)
     except BaseException:

@@ -109,11 +109,12 @@ def load_source(checkpoint: str | Path | None, *, subnet: str | None = None, str
 
 def export_model(source: ExportSource, data: PreparedData, out: str | Path, *, profile: str | None = None,
                  opset: int = 21, check_images: int | None = None, top1_tol: float = 0.1, logit_tol: float = 0.1,
-                 seed: int = 0, calib_images: int = 1024) -> ExportResult:
+                 seed: int = 0, calib_images: int = 1024, provenance: dict[str, Any] | None = None) -> ExportResult:
     """Export `source` to `out` (ONNX QDQ + model card), checked in onnxruntime on the test split (all of it, or
     `check_images` of it); writes <stem>.export.json beside the model with what was measured. `calib_images`
     training images (seed + 1, as the calibration stages draw them) set the scales of the output quantization
-    points that let W8A8 convs feeding a residual Add run as integer kernels (0: none, those convs stay float)."""
+    points that let W8A8 convs feeding a residual Add run as integer kernels (0: none, those convs stay float).
+    `provenance` (the job spec, the MLflow run) goes into the model card beside the source."""
     if source.dataset != data.bundle.name:
         raise ConfigError(f"the model was trained on {source.dataset} but the data is {data.bundle.name}; check on "
                           f"the data it was trained on (--data {source.dataset})")
@@ -125,7 +126,8 @@ def export_model(source: ExportSource, data: PreparedData, out: str | Path, *, p
                                                           data.std)
     model = source.model.to(torch.device("cpu"))
     res = export_onnx(model, data.example(seed), out, profile=profile, check_batches=batches, opset=opset,
-                      calibration=source.calibration, top1_tol=top1_tol, logit_tol=logit_tol, calib_batches=calib)
+                      calibration=source.calibration, top1_tol=top1_tol, logit_tol=logit_tol, calib_batches=calib,
+                      provenance={"source": source.label, "dataset": data.bundle.name, **(provenance or {})})
     atomic_write_json(result_path(res.path), {**res.to_dict(), "source": source.label, "dataset": data.bundle.name,
                                               "split": "test", "profile": profile})
     return res
