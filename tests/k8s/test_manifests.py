@@ -1,0 +1,396 @@
+"""k8s/: every overlay renders, passes yamllint, the Kubernetes schemas (strict) and the KubeRay CRDs (strict),
+meets the security rules, and runs job specs that exist in the image and in jobs/. Negative fixtures prove each
+check fails on a manifest that breaks its rule."""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.k8s.manifests import (
+    CRD_DIR,
+    K8S,
+    KUBERNETES_VERSION,
+    OVERLAYS,
+    ROOT,
+    allows,
+    containers,
+    crd_errors,
+    entrypoint_argv,
+    entrypoint_spec_and_sets,
+    exposure_violations,
+    kubectl,
+    load_docs,
+    network_violations,
+    pod_specs,
+    pod_violations,
+    rbac_violations,
+    render,
+)
+
+pytestmark = [pytest.mark.k8s,
+              pytest.mark.skipif(kubectl() is None, reason="kubectl (with kustomize) is not installed")]
+
+FIXTURES = Path(__file__).parent / "fixtures"
+RAY_KINDS = {"RayCluster", "RayJob"}
+EXPECTED_OVERLAYS = {"cpu-dev", "gpu"}
+
+
+def _by_kind(docs, kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def _one(docs, kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def _expected(doc: dict[str, Any]) -> str:
+    return doc["metadata"]["annotations"]["expect"]
+
+
+# ---------------------------------------------------------------- render, lint, schemas
+
+def test_overlays_exist():
+    assert set(OVERLAYS) == EXPECTED_OVERLAYS
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_everything(overlay):
+    docs = render(overlay)
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert {("Namespace", "quantsearch"), ("RayCluster", "quantsearch"), ("RayJob", "quantsearch-demo"),
+            ("RayJob", "quantsearch-supernet"), ("Deployment", "mlflow"), ("Service", "mlflow"),
+            ("StatefulSet", "mlflow-postgres"), ("Service", "mlflow-postgres"), ("ConfigMap", "quantsearch-jobs"),
+            ("ServiceAccount", "quantsearch-submitter"), ("Role", "quantsearch-submitter"),
+            ("RoleBinding", "quantsearch-submitter"), ("NetworkPolicy", "default-deny"),
+            ("PersistentVolumeClaim", "quantsearch-data"), ("PersistentVolumeClaim", "mlflow-artifacts")} <= kinds
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"quantsearch"}
+
+
+def _yamllint(*paths: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "yamllint", "-f", "parsable", "-c", str(K8S / ".yamllint"),
+                           *map(str, paths)], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_yamllint_clean():
+    r = _yamllint(K8S, ROOT / "jobs" / "kustomization.yaml")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_yamllint_bites(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: yes\nb:\n    - 1\nc: 1 \n")
+    r = _yamllint(bad)
+    assert r.returncode != 0
+    assert "truthy" in r.stdout
+    assert "trailing-spaces" in r.stdout
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_builtin_kinds_pass_kubernetes_schemas_strict(overlay):
+    import kubernetes_validate
+
+    for doc in render(overlay):
+        if doc["kind"] in RAY_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} ({overlay}): {exc.message} at "
+                        f"{'/'.join(map(str, exc.absolute_path))}")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_ray_resources_pass_kuberay_crds_strict(overlay):
+    docs = [d for d in render(overlay) if d["kind"] in RAY_KINDS]
+    assert {d["kind"] for d in docs} == RAY_KINDS
+    errors = [e for d in docs for e in crd_errors(d)]
+    assert not errors, "\n".join(errors)
+
+
+def test_crds_are_the_shared_ones():
+    for name in ("ray.io_rayclusters.yaml", "ray.io_rayjobs.yaml"):
+        assert (CRD_DIR / name).exists(), f"KubeRay CRD {name} missing under {CRD_DIR} (see its README.md)"
+
+
+@pytest.mark.parametrize("doc", load_docs(FIXTURES / "bad_schema.yaml"), ids=lambda d: d["metadata"]["name"])
+def test_schema_checks_bite(doc):
+    bare = copy.deepcopy(doc)
+    del bare["metadata"]["annotations"]
+    if doc["kind"] in RAY_KINDS:
+        errors = crd_errors(bare)
+        assert any(_expected(doc) in e for e in errors), errors
+    else:
+        import kubernetes_validate
+
+        with pytest.raises(kubernetes_validate.ValidationError, match=re.escape(_expected(doc))):
+            kubernetes_validate.validate(bare, KUBERNETES_VERSION, strict=True)
+
+
+# ---------------------------------------------------------------- security policy
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_meets_the_security_rules(overlay):
+    docs = render(overlay)
+    pods = [p for d in docs for p in pod_specs(d)]
+    # mlflow, postgres, RayCluster head + workers, 2 RayJobs x (head, workers, submitter)
+    assert len(pods) == 2 + 2 + 2 * 3
+    problems = [v for where, _, spec in pods for v in pod_violations(where, spec)]
+    problems += [v for d in docs for v in exposure_violations(d)]
+    problems += rbac_violations(docs) + network_violations(docs)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("doc", load_docs(FIXTURES / "bad_pods.yaml"), ids=lambda d: d["metadata"]["name"])
+def test_pod_checks_bite(doc):
+    problems = [v for where, _, spec in pod_specs(doc) for v in pod_violations(where, spec)]
+    if not _expected(doc):
+        assert problems == []
+    else:
+        assert len(problems) == 1, problems
+        assert _expected(doc) in problems[0], problems
+
+
+@pytest.mark.parametrize("doc", load_docs(FIXTURES / "bad_cluster.yaml"), ids=lambda d: d["metadata"]["name"])
+def test_exposure_rbac_network_checks_bite(doc):
+    problems = exposure_violations(doc) + rbac_violations([doc])
+    if doc["kind"] == "NetworkPolicy":
+        problems += network_violations([doc])
+    assert any(_expected(doc) in p for p in problems), problems
+
+
+def test_mutated_render_is_caught():
+    """Breaking one rule in the real render (not a fixture) makes the checks fail."""
+    docs = [copy.deepcopy(d) for d in render("cpu-dev")]
+    job = _one(docs, "RayJob", "quantsearch-supernet")
+    worker = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    worker["securityContext"]["allowPrivilegeEscalation"] = True
+    del worker["resources"]["limits"]
+    problems = [v for d in docs for where, _, spec in pod_specs(d) for v in pod_violations(where, spec)]
+    assert len(problems) == 2, problems
+    no_deny = [d for d in docs if d["metadata"]["name"] != "default-deny"]
+    assert any("no default deny" in p for p in network_violations(no_deny))
+    _one(docs, "Service", "mlflow")["spec"]["type"] = "NodePort"
+    assert any("NodePort" in p for d in docs for p in exposure_violations(d))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_allow_only_the_needed_flows(overlay):
+    docs = render(overlay)
+    policies = _by_kind(docs, "NetworkPolicy")
+    labels = {}
+    for d in docs:
+        for _where, meta, _ in pod_specs(d):
+            labels.setdefault((meta.get("labels") or {}).get("app.kubernetes.io/component"), meta.get("labels"))
+    assert set(labels) == {"ray", "ray-submitter", "mlflow", "mlflow-postgres"}
+    ray, sub, mlflow, pg = (labels[k] for k in ("ray", "ray-submitter", "mlflow", "mlflow-postgres"))
+    assert allows(policies, ray, ray, 6379)
+    assert allows(policies, ray, ray, 8265)
+    assert allows(policies, ray, ray, 12345)
+    assert allows(policies, sub, ray, 8265)
+    assert allows(policies, ray, mlflow, 5000)
+    assert allows(policies, mlflow, pg, 5432)
+    for src, dst, port in [(ray, pg, 5432), (sub, mlflow, 5000), (mlflow, ray, 8265), (pg, mlflow, 5000),
+                           (sub, ray, 6379), (mlflow, mlflow, 5000), (sub, pg, 5432)]:
+        assert not allows(policies, src, dst, port), (src, dst, port)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_secrets_are_referenced_by_name_only(overlay):
+    docs = render(overlay)
+    secrets = {d["metadata"]["name"] for d in _by_kind(docs, "Secret")}
+    assert secrets == {"mlflow-postgres", "mlflow-auth"}
+    refs = set()
+    for d in docs:
+        for _, _, spec in pod_specs(d):
+            for c in containers(spec):
+                refs |= {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env") or []
+                         if "secretKeyRef" in e.get("valueFrom", {})}
+                refs |= {e["secretRef"]["name"] for e in c.get("envFrom") or [] if "secretRef" in e}
+    assert refs == secrets
+    # the example generator's values are visibly placeholders
+    gen = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())["secretGenerator"]
+    for s in gen:
+        for lit in s["literals"]:
+            key, value = lit.split("=", 1)
+            if any(w in key for w in ("PASSWORD", "SECRET")):
+                assert value.startswith("change-me"), lit
+
+
+def test_submitter_role_is_least_privilege():
+    docs = render("cpu-dev")
+    role = _one(docs, "Role", "quantsearch-submitter")
+    verbs = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+             for v in rule["verbs"]}
+    assert ("ray.io", "rayjobs", "create") in verbs
+    assert ("", "pods/log", "get") in verbs
+    assert not {v for _, r, v in verbs if r not in ("rayjobs", "pods/portforward")} - {"get", "list", "watch"}
+    binding = _one(docs, "RoleBinding", "quantsearch-submitter")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "quantsearch-submitter",
+                                    "namespace": "quantsearch"}]
+
+
+# ---------------------------------------------------------------- Ray
+
+def _mounts(container: dict[str, Any]) -> dict[str, str]:
+    return {m["mountPath"]: m["name"] for m in container.get("volumeMounts") or []}
+
+
+def _volumes(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in spec.get("volumes") or []}
+
+
+def _check_ray_cluster(where: str, cluster: dict[str, Any], overlay: str, docs) -> None:
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0", f"{where}: the head must schedule no work"
+    pvcs = {d["metadata"]["name"] for d in _by_kind(docs, "PersistentVolumeClaim")}
+    for group in [head, *cluster["workerGroupSpecs"]]:
+        spec = group["template"]["spec"]
+        c = spec["containers"][0]
+        mounts, vols = _mounts(c), _volumes(spec)
+        assert vols[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory", f"{where}: /dev/shm"
+        assert vols[mounts["/data"]]["persistentVolumeClaim"]["claimName"] in pvcs, f"{where}: /data on a PVC"
+        assert vols[mounts["/jobs"]]["configMap"]["name"] == "quantsearch-jobs"
+        env = {e["name"]: e for e in c["env"]}
+        assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow:5000"
+    for group in cluster["workerGroupSpecs"]:
+        assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], where
+        spec = group["template"]["spec"]
+        res = spec["containers"][0]["resources"]
+        if overlay == "gpu":
+            assert int(res["limits"]["nvidia.com/gpu"]) >= 1, where
+            assert spec["nodeSelector"], where
+            assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"]), where
+            assert group["rayStartParams"]["num-gpus"] == res["limits"]["nvidia.com/gpu"]
+        else:
+            assert "nvidia.com/gpu" not in str(spec), where
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_ray_cluster_shape(overlay):
+    docs = render(overlay)
+    rc = _one(docs, "RayCluster", "quantsearch")
+    assert rc["spec"]["enableInTreeAutoscaling"] is True
+    _check_ray_cluster("RayCluster", rc["spec"], overlay, docs)
+    for job in _by_kind(docs, "RayJob"):
+        _check_ray_cluster(f"RayJob/{job['metadata']['name']}", job["spec"]["rayClusterSpec"], overlay, docs)
+    images = {c["image"] for d in docs for _, _, s in pod_specs(d) for c in containers(s)}
+    tag = "0.1.0-cuda12.8" if overlay == "gpu" else "0.1.0-cpu"
+    assert f"ghcr.io/quantsearch/quantsearch:{tag}" in images
+
+
+def _spec_overrides(sets: list[str]) -> dict[str, str]:
+    return dict(s.split("=", 1) for s in sets)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rayjobs_run_existing_specs_and_resume(overlay):
+    from quantsearch.config import load_job
+
+    docs = render(overlay)
+    jobs_cm = _one(docs, "ConfigMap", "quantsearch-jobs")["data"]
+    run_names = set()
+    for job in _by_kind(docs, "RayJob"):
+        spec = job["spec"]
+        assert spec["shutdownAfterJobFinishes"] is True
+        assert spec["ttlSecondsAfterFinished"] > 0
+        assert spec["activeDeadlineSeconds"] > 0
+        assert spec["backoffLimit"] >= 1, "a failed RayJob must be retried (and resume)"
+        path, sets = entrypoint_spec_and_sets(entrypoint_argv(job))
+        assert path.startswith("/jobs/"), path
+        local = ROOT / "jobs" / path.removeprefix("/jobs/")
+        assert local.exists(), f"{path} is not in jobs/"
+        assert jobs_cm[local.name] == local.read_text(), f"{local.name}: the ConfigMap differs from jobs/"
+        over = _spec_overrides(sets)
+        assert over["output_dir"].startswith("/data/")
+        assert over["scaling.storage_path"].startswith("/data/")
+        assert over.get("scaling.run_name"), "a fixed run name makes a restarted RayJob resume"
+        run_names.add(over["scaling.run_name"])
+        loaded = load_job(local, sets)
+        assert loaded.output_dir == Path(over["output_dir"]) or str(loaded.output_dir) == over["output_dir"]
+        assert loaded.scaling.run_name == over["scaling.run_name"]
+        assert loaded.scaling.storage_path == over["scaling.storage_path"]
+        if overlay == "gpu":
+            assert over["device"] == "cuda"
+            assert over["scaling.use_gpu"] == "true"
+    assert len(run_names) == len(_by_kind(docs, "RayJob")), "each RayJob needs its own run name"
+
+
+def test_entrypoint_command_exists_in_the_image():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    for job in _by_kind(render("cpu-dev"), "RayJob"):
+        assert entrypoint_argv(job)[0] in scripts
+    docker = (K8S / "Dockerfile").read_text()
+    assert re.search(r"^COPY jobs/\S* /jobs/$", docker, re.M), "the image must hold jobs/ at /jobs"
+    assert re.search(r"^RUN pip install .* \.(\s|$)", docker, re.M), "the image must install the package"
+    listed = yaml.safe_load((ROOT / "jobs" / "kustomization.yaml").read_text())["configMapGenerator"][0]["files"]
+    assert sorted(listed) == sorted(p.name for p in (ROOT / "jobs").glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+# ---------------------------------------------------------------- MLflow
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_mlflow_server(overlay):
+    docs = render(overlay)
+    dep = _one(docs, "Deployment", "mlflow")
+    svc = _one(docs, "Service", "mlflow")
+    c = next(c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "mlflow")
+    args = c["args"]
+    assert "--serve-artifacts" in args
+    assert "--app-name=basic-auth" in args
+    assert any(a.startswith("--backend-store-uri=postgresql://") for a in args)
+    hosts = next(a.split("=", 1)[1] for a in args if a.startswith("--allowed-hosts=")).split(",")
+    ns, port = svc["metadata"]["namespace"], svc["spec"]["ports"][0]["port"]
+    for name in (svc["metadata"]["name"], f"mlflow.{ns}", f"mlflow.{ns}.svc", f"mlflow.{ns}.svc.cluster.local"):
+        assert name in hosts, name
+        assert f"{name}:{port}" in hosts, name
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+    pg = _one(docs, "StatefulSet", "mlflow-postgres")
+    assert pg["spec"]["volumeClaimTemplates"]
+    pgc = pg["spec"]["template"]["spec"]["containers"][0]
+    assert pgc["readinessProbe"]
+    assert pgc["livenessProbe"]
+    vols = _volumes(dep["spec"]["template"]["spec"])
+    assert vols[_mounts(c)["/mlflow"]]["persistentVolumeClaim"]["claimName"] == "mlflow-artifacts"
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+def _pins(requirements: list[str]) -> dict[str, tuple[str, str]]:
+    """name -> (extras, version) for every `name[extras]==version`."""
+    out = {}
+    for req in requirements:
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[([^\]]*)\])?==([^\s;]+)", req.strip())
+        if m:
+            out[m.group(1).lower()] = (m.group(2) or "", m.group(3))
+    return out
+
+
+def test_dockerfile_matches_pyproject_pins():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = _pins(deps)
+    assert {"torch", "torchvision", "ray", "mlflow"} <= set(wanted)
+    docker = (K8S / "Dockerfile").read_text()
+    installed = _pins(re.findall(r'"([^"\s]+==[^"\s]+)"', docker))
+    for name, (extras, version) in wanted.items():
+        assert name in installed, f"the Dockerfile does not install {name}=={version}"
+        assert installed[name][1] == version, f"{name}: Dockerfile {installed[name][1]} != pyproject {version}"
+        assert set(extras.split(",")) - {""} <= set(installed[name][0].split(",")), f"{name}: extras {extras}"
+    assert {"default", "train", "tune"} <= set(installed["ray"][0].split(","))
+    assert set(installed) - set(wanted) == set(), "the Dockerfile pins a package pyproject does not"
+    bases = re.findall(r"(?:BASE_IMAGE=)(\S+)", docker)
+    assert bases
+    assert all(":" in b and not b.endswith(":latest") for b in bases), bases
+    assert any("cuda" in b for b in bases), "the gpu overlay's CUDA base must be documented"
+    assert re.search(r"^USER 1000", docker, re.M), "the image must run as non-root"
