@@ -172,6 +172,9 @@ def pod_violations(where: str, pod: dict[str, Any]) -> list[str]:
             out.append(f"{at}: capabilities not dropped (drop: [ALL])")
         if (sc.get("capabilities") or {}).get("add"):
             out.append(f"{at}: adds capabilities")
+        seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{at}: no seccompProfile RuntimeDefault (restricted Pod Security Standard)")
         if sc.get("readOnlyRootFilesystem") is not True:
             out.append(f"{at}: root filesystem is not read-only")
         res = c.get("resources") or {}

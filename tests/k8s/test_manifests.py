@@ -42,6 +42,7 @@ pytestmark = [pytest.mark.k8s,
 FIXTURES = Path(__file__).parent / "fixtures"
 RAY_KINDS = {"RayCluster", "RayJob"}
 EXPECTED_OVERLAYS = {"cpu-dev", "gpu"}
+SECRET_NAMES = {"mlflow-postgres", "mlflow-auth"}
 
 
 def _by_kind(docs, kind: str) -> list[dict[str, Any]]:
@@ -208,23 +209,35 @@ def test_network_policies_allow_only_the_needed_flows(overlay):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_secrets_are_referenced_by_name_only(overlay):
     docs = render(overlay)
-    secrets = {d["metadata"]["name"] for d in _by_kind(docs, "Secret")}
-    assert secrets == {"mlflow-postgres", "mlflow-auth"}
-    refs = set()
+    refs: dict[str, set[str]] = {}
     for d in docs:
         for _, _, spec in pod_specs(d):
             for c in containers(spec):
-                refs |= {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env") or []
-                         if "secretKeyRef" in e.get("valueFrom", {})}
-                refs |= {e["secretRef"]["name"] for e in c.get("envFrom") or [] if "secretRef" in e}
-    assert refs == secrets
-    # the example generator's values are visibly placeholders
-    gen = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())["secretGenerator"]
-    for s in gen:
-        for lit in s["literals"]:
+                for e in c.get("env") or []:
+                    if "secretKeyRef" in e.get("valueFrom", {}):
+                        ref = e["valueFrom"]["secretKeyRef"]
+                        refs.setdefault(ref["name"], set()).add(ref["key"])
+                refs.update({e["secretRef"]["name"]: refs.get(e["secretRef"]["name"], set())
+                             for e in c.get("envFrom") or [] if "secretRef" in e})
+    assert set(refs) == SECRET_NAMES
+    secrets = {d["metadata"]["name"]: d for d in _by_kind(docs, "Secret")}
+    if overlay == "cpu-dev":
+        # the example generator: every referenced key, placeholder values
+        assert set(secrets) == SECRET_NAMES
+        for name, keys in refs.items():
+            assert keys <= set(secrets[name]["data"]), name
+        gen = yaml.safe_load((K8S / "components" / "example-secrets" / "kustomization.yaml").read_text())
+        for lit in (lit for g in gen["secretGenerator"] for lit in g["literals"]):
             key, value = lit.split("=", 1)
             if any(w in key for w in ("PASSWORD", "SECRET")):
                 assert value.startswith("change-me"), lit
+    else:
+        assert not secrets, "production overlays must not carry credentials: create the Secrets (k8s/README.md)"
+    readme = (K8S / "README.md").read_text()
+    for name, keys in refs.items():
+        assert f"kubectl create secret generic {name}" in readme, name
+        for key in keys:
+            assert key in readme, f"k8s/README.md does not document {name}'s key {key}"
 
 
 def test_submitter_role_is_least_privilege():
@@ -302,6 +315,7 @@ def test_rayjobs_run_existing_specs_and_resume(overlay):
     run_names = set()
     for job in _by_kind(docs, "RayJob"):
         spec = job["spec"]
+        assert spec["suspend"] is True, "RayJobs are templates: applying an overlay must start nothing"
         assert spec["shutdownAfterJobFinishes"] is True
         assert spec["ttlSecondsAfterFinished"] > 0
         assert spec["activeDeadlineSeconds"] > 0
