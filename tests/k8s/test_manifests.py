@@ -79,17 +79,19 @@ def test_overlay_renders_everything(overlay):
 
 
 def _yamllint(*paths: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "yamllint", "-f", "parsable", "-c", str(K8S / ".yamllint"),
+    return subprocess.run([sys.executable, "-m", "yamllint", "--strict", "-f", "parsable", "-c", str(K8S / ".yamllint"),
                            *map(str, paths)], capture_output=True, text=True, cwd=ROOT)
 
 
 def test_yamllint_clean():
-    r = _yamllint(K8S, ROOT / "jobs" / "kustomization.yaml")
+    r = _yamllint(K8S, ROOT / "jobs" / "Kustomization")
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_yamllint_bites(tmp_path):
     bad = tmp_path / "bad.yaml"
+    bad.write_text("a: yes\n")  # a warning only: --strict makes it fail
+    assert _yamllint(bad).returncode != 0
     bad.write_text("a: yes\nb:\n    - 1\nc: 1 \n")
     r = _yamllint(bad)
     assert r.returncode != 0
@@ -347,8 +349,8 @@ def test_entrypoint_command_exists_in_the_image():
     docker = (K8S / "Dockerfile").read_text()
     assert re.search(r"^COPY jobs/\S* /jobs/$", docker, re.M), "the image must hold jobs/ at /jobs"
     assert re.search(r"^RUN pip install .* \.(\s|$)", docker, re.M), "the image must install the package"
-    listed = yaml.safe_load((ROOT / "jobs" / "kustomization.yaml").read_text())["configMapGenerator"][0]["files"]
-    assert sorted(listed) == sorted(p.name for p in (ROOT / "jobs").glob("*.yaml") if p.name != "kustomization.yaml")
+    listed = yaml.safe_load((ROOT / "jobs" / "Kustomization").read_text())["configMapGenerator"][0]["files"]
+    assert sorted(listed) == sorted(p.name for p in (ROOT / "jobs").glob("*.yaml"))
 
 
 # ---------------------------------------------------------------- MLflow
@@ -408,3 +410,20 @@ def test_dockerfile_matches_pyproject_pins():
     assert all(":" in b and not b.endswith(":latest") for b in bases), bases
     assert any("cuda" in b for b in bases), "the gpu overlay's CUDA base must be documented"
     assert re.search(r"^USER 1000", docker, re.M), "the image must run as non-root"
+
+
+def test_readme_names_match_the_render():
+    """k8s/README.md's commands name what the overlays make (KubeRay names the head Service <cluster>-head-svc)."""
+    readme = (K8S / "README.md").read_text()
+    for overlay in OVERLAYS:
+        docs = render(overlay)
+        assert f"kubectl apply -k k8s/overlays/{overlay}" in readme
+        rc = _one(docs, "RayCluster", "quantsearch")
+        assert f"port-forward svc/{rc['metadata']['name']}-head-svc 8265:8265" in readme
+        for job in _by_kind(docs, "RayJob"):
+            assert f"patch rayjob {job['metadata']['name']} " in readme
+        svc = _one(docs, "Service", "mlflow")
+        port = svc["spec"]["ports"][0]["port"]
+        assert f"port-forward svc/mlflow {port}:{port}" in readme
+    gpu_group = _one(render("gpu"), "RayCluster", "quantsearch")["spec"]["workerGroupSpecs"][0]["groupName"]
+    assert f"`{gpu_group}`" in readme
