@@ -355,6 +355,7 @@ def test_entrypoint_command_exists_in_the_image():
 
 # ---------------------------------------------------------------- MLflow
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # importing mlflow.cli: SQLAlchemy's noload
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_mlflow_server(overlay):
     docs = render(overlay)
@@ -365,6 +366,13 @@ def test_mlflow_server(overlay):
     assert "--serve-artifacts" in args
     assert "--app-name=basic-auth" in args
     assert any(a.startswith("--backend-store-uri=postgresql://") for a in args)
+    from mlflow.cli import server
+
+    assert c["command"] == ["mlflow"]
+    assert args[0] == "server"
+    known = {opt for p in server.params for opt in p.opts}
+    unknown = [a for a in args[1:] if a.split("=", 1)[0] not in known]
+    assert not unknown, f"mlflow server (the pinned version) has no option {unknown}"
     hosts = next(a.split("=", 1)[1] for a in args if a.startswith("--allowed-hosts=")).split(",")
     ns, port = svc["metadata"]["namespace"], svc["spec"]["ports"][0]["port"]
     for name in (svc["metadata"]["name"], f"mlflow.{ns}", f"mlflow.{ns}.svc", f"mlflow.{ns}.svc.cluster.local"):
