@@ -344,8 +344,14 @@ def test_rayjobs_run_existing_specs_and_resume(overlay):
 
 def test_entrypoint_command_exists_in_the_image():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    for job in _by_kind(render("cpu-dev"), "RayJob"):
-        assert entrypoint_argv(job)[0] in scripts
+    from quantsearch.cli import build_parser
+
+    for overlay in OVERLAYS:
+        for job in _by_kind(render(overlay), "RayJob"):
+            argv = entrypoint_argv(job)
+            assert argv[0] in scripts
+            args = build_parser().parse_args(argv[1:])  # exits (SystemExit) on an unknown option
+            assert args.command == "run"
     docker = (K8S / "Dockerfile").read_text()
     assert re.search(r"^COPY jobs/\S* /jobs/$", docker, re.M), "the image must hold jobs/ at /jobs"
     assert re.search(r"^RUN pip install .* \.(\s|$)", docker, re.M), "the image must install the package"
