@@ -336,6 +336,15 @@ def test_rayjobs_run_existing_specs_and_resume(overlay):
         assert loaded.output_dir == Path(over["output_dir"]) or str(loaded.output_dir) == over["output_dir"]
         assert loaded.scaling.run_name == over["scaling.run_name"]
         assert loaded.scaling.storage_path == over["scaling.storage_path"]
+        # the job's cluster (no autoscaler) holds what its Train workers ask for: a GPU, or a CPU, each
+        workers = loaded.scaling.workers
+        groups = spec["rayClusterSpec"]["workerGroupSpecs"]
+        if loaded.scaling.use_gpu:
+            have = sum(g["replicas"] * int(g["rayStartParams"].get("num-gpus", 0)) for g in groups)
+        else:
+            have = sum(g["replicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+                       for g in groups)
+        assert have >= workers, f"RayJob/{job['metadata']['name']}: {workers} Train workers, room for {have}"
         if overlay == "gpu":
             assert over["device"] == "cuda"
             assert over["scaling.use_gpu"] == "true"
