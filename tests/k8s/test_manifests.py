@@ -450,3 +450,10 @@ def test_readme_names_match_the_render():
         assert f"port-forward svc/mlflow {port}:{port}" in readme
     gpu_group = _one(render("gpu"), "RayCluster", "quantsearch")["spec"]["workerGroupSpecs"][0]["groupName"]
     assert f"`{gpu_group}`" in readme
+
+
+def test_k8s_tools_are_in_the_k8s_extra():
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extra = set(cfg["project"]["optional-dependencies"]["k8s"])
+    assert {"kubernetes-validate", "jsonschema", "pyyaml", "yamllint"} <= extra
+    assert "k8s" in {m.split(":")[0] for m in cfg["tool"]["pytest"]["ini_options"]["markers"]}
