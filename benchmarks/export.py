@@ -66,7 +66,8 @@ def _check(qmodel: torch.nn.Module, example: torch.Tensor, path: Path, test: Arr
                       threads=THREADS)
     gap = abs(res.ort_top1 - res.torch_top1) if res.ort_top1 is not None and res.torch_top1 is not None else None
     return {"torch_top1": res.torch_top1, "ort_top1": res.ort_top1, "gap_points": gap,
-            "max_abs_logit_diff": res.max_abs_logit_diff, "top1_agreement": res.top1_agreement,
+            "max_abs_logit_diff": res.max_abs_logit_diff, "p99_abs_logit_diff": res.p99_abs_logit_diff,
+            "top1_agreement": res.top1_agreement,
             "integer_kernels": res.integer_kernels, "float_kernels": res.float_kernels, "n_qdq": res.n_qdq,
             "samples": res.samples, "export_seconds": round(res.seconds, 1),
             "target_met": {"within_0.1_points": gap is not None and gap <= 0.1}}

@@ -447,7 +447,8 @@ class ExportSpec(_Strict):
     calib_images: int = Field(1024, ge=0, description="training images that calibrate the output points W8A8 "
                                                       "layers get for onnxruntime's integer kernels; 0: none")
     top1_tol: float = Field(0.1, ge=0, description="largest allowed top-1 gap to PyTorch, points")
-    logit_tol: float = Field(0.1, ge=0, description="largest allowed |logit gap| / max(1, largest |logit|)")
+    logit_tol: float = Field(0.1, ge=0, description="largest allowed 99th-percentile per-image |logit gap| / "
+                                                    "max(1, largest |logit|)")
     registry_name: str | None = Field(None, description="MLflow registered model name; default: the job name")
 
 

@@ -31,6 +31,7 @@ class CheckReport:
     agreement: float
     max_abs_logit_diff: float
     max_abs_logit: float
+    p99_abs_logit_diff: float = 0.0  # 99th percentile over images of each image's largest |logit difference|
 
 
 def session(path: str | Path, optimized_path: str | Path | None = None, threads: int = 0) -> object:
@@ -53,6 +54,7 @@ def compare(reference: nn.Module, sess: object, batches: Iterable[Batch], input_
     n = correct_t = correct_o = agree = 0
     labelled = True
     max_diff = max_logit = 0.0
+    per_image: list[torch.Tensor] = []
     for batch in batches:
         x, y = split_batch(batch)
         x = x.detach().to("cpu", torch.float32)
@@ -61,6 +63,8 @@ def compare(reference: nn.Module, sess: object, batches: Iterable[Batch], input_
         if got.shape != ref.shape:
             raise ValueError(f"onnxruntime logits have shape {tuple(got.shape)}, PyTorch {tuple(ref.shape)}")
         max_diff = max(max_diff, float((got - ref).abs().max()) if ref.numel() else 0.0)
+        if ref.numel():
+            per_image.append((got - ref).abs().reshape(len(ref), -1).amax(1))
         max_logit = max(max_logit, float(ref.abs().max()) if ref.numel() else 0.0)
         pt, po = ref.argmax(1), got.argmax(1)
         agree += int((pt == po).sum())
@@ -74,7 +78,8 @@ def compare(reference: nn.Module, sess: object, batches: Iterable[Batch], input_
     if n == 0:
         raise ValueError("no check batches")
     top = (lambda c: 100.0 * c / n) if labelled else (lambda c: None)
-    return CheckReport(n, top(correct_t), top(correct_o), 100.0 * agree / n, max_diff, max_logit)
+    p99 = float(torch.quantile(torch.cat(per_image), 0.99)) if per_image else 0.0
+    return CheckReport(n, top(correct_t), top(correct_o), 100.0 * agree / n, max_diff, max_logit, p99)
 
 
 def kernel_counts(optimized: onnx.ModelProto) -> Counter[str]:

@@ -78,6 +78,7 @@ class ExportResult:
     offsets_rounded: int
     opset: int
     seconds: float
+    p99_abs_logit_diff: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict."""
@@ -149,8 +150,9 @@ def _verify(report: CheckReport, top1_tol: float, logit_tol: float, path: Path) 
             and abs(report.torch_top1 - report.ort_top1) > top1_tol:
         problems.append(f"top-1 {report.ort_top1:.2f} % in onnxruntime vs {report.torch_top1:.2f} % in PyTorch "
                         f"(limit {top1_tol} points)")
-    if not report.max_abs_logit_diff <= limit:
-        problems.append(f"max |logit difference| {report.max_abs_logit_diff:.4g} (limit {limit:.4g})")
+    if not report.p99_abs_logit_diff <= limit:  # a percentile: one rounding tie flipped at 2 bits moves one image
+        problems.append(f"99th-percentile |logit difference| {report.p99_abs_logit_diff:.4g} (limit {limit:.4g}; "
+                        f"max {report.max_abs_logit_diff:.4g})")
     if problems:
         raise ExportCheckError(f"the exported model disagrees with the PyTorch fake-quant model on "
                                f"{report.samples} images: {'; '.join(problems)}; nothing written to {path}")
@@ -234,6 +236,7 @@ def _card(*, path: Path, opset: int, profile: str | None, example: torch.Tensor,
         "accuracy": {"samples": report.samples, "torch_top1": report.torch_top1, "ort_top1": report.ort_top1,
                      "top1_agreement": report.agreement,
                      "max_abs_logit_diff": report.max_abs_logit_diff, "max_abs_logit": report.max_abs_logit,
+                     "p99_abs_logit_diff": report.p99_abs_logit_diff,
                      "reference": notes[0]},
         "totals": {"macs": total.macs, "bitops": total.bitops, "weight_bytes": total.weight_bytes,
                    "float32_weight_bytes": params * 4, "act_bytes_peak": total.act_bytes_peak,
@@ -254,7 +257,9 @@ def export_onnx(qmodel: nn.Module, example: torch.Tensor, path: str | Path, *, p
     `example` is one input batch (its shape past the batch dimension is the model's input). `profile` refuses forms
     its target cannot run. `check_batches` ((x, y) or x; default: the example) run in onnxruntime and in the
     PyTorch fake-quant model (zero points rounded, as exported): top-1 must agree within `top1_tol` points and the
-    largest logit difference stay within `logit_tol` x max(1, largest |logit|), else ExportCheckError and no file
+    99th percentile (over images) of each image's largest logit difference stay within `logit_tol` x max(1, largest
+    |logit|) (a percentile: at 2..4 bits one activation on a rounding tie, summed in another order, moves a whole
+    grid step in one image), else ExportCheckError and no file
     under `path`. `calibration` (a method, an (activation, weight) pair, a per-layer mapping, or a DQSS Strategy)
     goes into the model card. The card is written beside the model (`<stem>.card.md`, `<stem>.card.json`).
     `threads` is onnxruntime's intra-op thread count for the check (0: its default). `calib_batches` (training
@@ -319,4 +324,4 @@ def export_onnx(qmodel: nn.Module, example: torch.Tensor, path: str | Path, *, p
         raise
     return ExportResult(path, md, js, report.torch_top1, report.ort_top1, report.max_abs_logit_diff, n_qdq,
                         integer_kernels(counts), float_kernels(counts), report.samples, report.agreement, moved, opset,
-                        time.perf_counter() - start)
+                        time.perf_counter() - start, report.p99_abs_logit_diff)
