@@ -439,7 +439,7 @@ class ExportSpec(_Strict):
 
     source: Literal["auto", "search", "search-dqss", "dqss", "qat"] = Field(
         "auto", description="what to export; auto: the last quantized result the job made (search-dqss, search, "
-                            "dqss, then qat)")
+                            "dqss, then qat); after a search with DQSS, whichever of the two measured the better val")
     profile: str | None = Field(None, description="backend profile the graph must run on; default: search.profile "
                                                   "(source search*), else the dqss/qat target's profile")
     opset: int = Field(21, ge=13, description="ONNX opset; >= 21 stores 2..4-bit grids as INT4/UINT4")

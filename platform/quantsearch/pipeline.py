@@ -369,6 +369,22 @@ def _dqss_on_best(spec: JobSpec, data: PreparedData, tracker: JobTracker, out: P
                      res.test_acc, res.search_seconds + res.finetune_seconds, bitops)]
 
 
+def _better_of_search_and_dqss(spec: JobSpec, plan: ExportPlan, out: Path) -> ExportPlan:
+    """source auto after a search with DQSS: the searched subnet (supernet weights) or DQSS on its bits (FP32
+    weights), whichever measured the better val accuracy (the search's subnet on a tie)."""
+    import json
+
+    dq_metrics = out / "dqss-best" / "metrics.json"
+    best = out / "search" / "best.json"
+    if not (dq_metrics.is_file() and best.is_file()):
+        return plan
+    dq_val = float(json.loads(dq_metrics.read_text())["val_acc"])
+    search_val = float(json.loads(best.read_text())["measured_val_acc"])
+    if dq_val > search_val:
+        return plan
+    return export_plan(spec.model_copy(update={"export": spec.export.model_copy(update={"source": "search"})}))  # type: ignore[union-attr]
+
+
 def _export_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out: Path) -> list[StageRow]:
     """Export the planned result to <output_dir>/export/model.onnx, check it on the test split, register it."""
     from quantsearch.config import SampleSpec
@@ -378,6 +394,8 @@ def _export_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out: P
     ex = spec.export
     assert ex is not None
     plan = export_plan(spec)
+    if ex.source == "auto" and plan.source == "search-dqss":
+        plan = _better_of_search_and_dqss(spec, plan, out)
     sa = spec.sample or SampleSpec()
     register = ex.registry_name or spec.name
     with tracker.child("export", {"export": ex.model_dump(), "source": plan.source}) as run_id:

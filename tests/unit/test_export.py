@@ -381,3 +381,21 @@ def test_export_plan_follows_the_spec_and_names_what_is_missing(tmp_path):
         export_plan(JobSpec.model_validate({**base, "export": {}}))
     with pytest.raises(ConfigError, match="subsets"):
         export_plan(JobSpec.model_validate({**base, "dqss": {"subsets": 2}, "export": {}}))
+
+
+def test_export_auto_after_search_with_dqss_takes_the_better_on_val(tmp_path):
+    from quantsearch.config import JobSpec
+    from quantsearch.pipeline import _better_of_search_and_dqss, export_plan
+
+    spec = JobSpec.model_validate({"output_dir": str(tmp_path), "data": {"name": "synthetic"}, "dqss": {},
+                                   "search": {"budget": {"bitops": "W4A4"}, "dqss": True}, "export": {}})
+    plan = export_plan(spec)
+    assert plan.source == "search-dqss"
+    assert _better_of_search_and_dqss(spec, plan, tmp_path) == plan  # nothing measured yet: as planned
+    (tmp_path / "dqss-best").mkdir()
+    (tmp_path / "search").mkdir()
+    (tmp_path / "search" / "best.json").write_text(json.dumps({"measured_val_acc": 0.86}))
+    (tmp_path / "dqss-best" / "metrics.json").write_text(json.dumps({"val_acc": 0.70}))
+    assert _better_of_search_and_dqss(spec, plan, tmp_path).source == "search"
+    (tmp_path / "dqss-best" / "metrics.json").write_text(json.dumps({"val_acc": 0.90}))
+    assert _better_of_search_and_dqss(spec, plan, tmp_path).source == "search-dqss"
