@@ -16,7 +16,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").exists())
-CRD_DIR = ROOT.parent / "shared" / "k8s-crds"
+# KubeRay v1.7.0's CRDs, copied from ../shared/k8s-crds/ (the project's shared data) so that a clone anywhere
+# validates offline; test_crds_are_the_shared_ones keeps the copy equal to the shared files where they exist
+CRD_DIR = Path(__file__).resolve().parent / "crds"
+SHARED_CRD_DIR = ROOT.parent / "shared" / "k8s-crds"
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
 KUBERNETES_VERSION = "1.37.0"  # the newest kubernetes-validate ships schemas for
 BUILTIN_SERVICE_TYPES = {"ClusterIP"}
