@@ -17,11 +17,11 @@ import yaml
 
 from tests.k8s.manifests import (
     CRD_DIR,
-    SHARED_CRD_DIR,
     K8S,
     KUBERNETES_VERSION,
     OVERLAYS,
     ROOT,
+    SHARED_CRD_DIR,
     allows,
     containers,
     crd_errors,
