@@ -3,10 +3,13 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# kfp pins protobuf and requests below the main environment's: it gets a venv of its own (`quantsearch k8s pipeline`)
+KFP_VENV ?= .venv-kfp
+KFP_STAMP := $(KFP_VENV)/.installed-stamp
 export RAY_AUTH_MODE := disabled
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast gpu-check lint install data benchmarks clean
+.PHONY: demo test test-fast gpu-check lint install kfp data benchmarks clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -15,6 +18,15 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# pyproject's kfp extra (kfp, kfp-kubernetes) alone, for compiling k8s/kubeflow/pipeline.py
+$(KFP_STAMP): pyproject.toml
+	@test -x $(KFP_VENV)/bin/python || python3 -m venv $(KFP_VENV)
+	$(KFP_VENV)/bin/python -m pip install -q $$(python3 -c "import tomllib; \
+	  print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['kfp']))")
+	@touch $(KFP_STAMP)
+
+kfp: $(KFP_STAMP)
 
 # Fashion-MNIST: QUANTSEARCH_DATA, or Debian's package (installed when we are root), or a clear message.
 data:
@@ -33,10 +45,10 @@ demo: install data
 	$(PY) -m quantsearch run jobs/demo.yaml
 
 # The whole suite: fast unit tests and the slow integration tests.
-test: install data
+test: install kfp data
 	$(PY) -m pytest -q tests
 
-test-fast: install data
+test-fast: install kfp data
 	$(PY) -m pytest -q -m "not slow" tests
 
 # FP32 -> QAT -> DQSS-PTQ -> supernet (1 Ray worker with a GPU) on CUDA; asserts every stage's tensors were there.

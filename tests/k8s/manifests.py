@@ -228,8 +228,22 @@ def rbac_violations(docs: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> 
     return out
 
 
+def _expression_matches(expr: dict[str, Any], labels: dict[str, str]) -> bool:
+    key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+    if op == "Exists":
+        return key in labels
+    if op == "DoesNotExist":
+        return key not in labels
+    if op == "In":
+        return labels.get(key) in values
+    if op == "NotIn":
+        return labels.get(key) not in values
+    raise AssertionError(f"unknown label selector operator {op!r}")
+
+
 def _labels_match(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+    return (all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+            and all(_expression_matches(e, labels) for e in selector.get("matchExpressions") or []))
 
 
 def _peers_allow(rule_peers: list[dict[str, Any]] | None, labels: dict[str, str]) -> bool:
@@ -289,3 +303,73 @@ def entrypoint_spec_and_sets(argv: list[str]) -> tuple[str, list[str]]:
         assert rest, f"--set without a value in entrypoint {argv}"
         sets.append(rest.pop(0))
     return spec, sets
+
+
+# ---------------------------------------------------------------- compiled Kubeflow pipeline (kfp v2 IR YAML)
+
+def pipeline_steps(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The compiled pipeline's tasks in run order (each after the one before), with their container and their
+    Kubernetes settings: [{"task", "display", "container", "k8s", "caching"}]."""
+    ir = next(d for d in docs if "root" in d)
+    platform = next((d for d in docs if "platforms" in d), {"platforms": {"kubernetes": {"deploymentSpec": {}}}})
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"].get("executors", {})
+    tasks = ir["root"]["dag"]["tasks"]
+    order: list[str] = []
+    remaining = dict(tasks)
+    while remaining:
+        ready = [n for n, t in remaining.items() if set(t.get("dependentTasks") or []) <= set(order)]
+        assert len(ready) == 1, f"the steps are not a chain: ready at once {ready}"
+        order.append(ready[0])
+        del remaining[ready[0]]
+    out = []
+    for name in order:
+        task = tasks[name]
+        executor = ir["components"][task["componentRef"]["name"]]["executorLabel"]
+        out.append({"task": name, "display": task["taskInfo"]["name"], "deps": task.get("dependentTasks") or [],
+                    "container": ir["deploymentSpec"]["executors"][executor]["container"],
+                    "k8s": k8s.get(executor, {}), "caching": task.get("cachingOptions", {})})
+    return out
+
+
+def step_argv(step: dict[str, Any]) -> list[str]:
+    return [*step["container"]["command"], *step["container"]["args"]]
+
+
+def pipeline_violations(docs: list[dict[str, Any]], gpu_stages: tuple[str, ...]) -> list[str]:
+    """What the compiled pipeline's steps must meet: a pinned image, `quantsearch run /jobs/... --only <stage>`,
+    CPU/memory requests and limits, GPUs (on GPU nodes) exactly on the training steps, the shared PVC at /data and
+    the job specs at /jobs, non-root, caching off (results are files on the PVC, not kfp outputs)."""
+    out = []
+    for step in pipeline_steps(docs):
+        at, c, k = f"step {step['display']}", step["container"], step["k8s"]
+        if not image_pinned(c.get("image")):
+            out.append(f"{at}: image {c.get('image')!r} is not pinned (a tag other than latest, or a digest)")
+        argv = step_argv(step)
+        if argv[:2] != ["quantsearch", "run"] or not argv[2].startswith("/jobs/") or argv[3:5] != ["--only",
+                                                                                                   step["display"]]:
+            out.append(f"{at}: command {argv[:5]} is not `quantsearch run /jobs/<spec> --only {step['display']}`")
+        res = c.get("resources") or {}
+        for part in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit"):
+            if not res.get(part):
+                out.append(f"{at}: no {part}")
+        acc = res.get("accelerator") or {}
+        has_gpu = acc.get("resourceType") == "nvidia.com/gpu" and int(acc.get("resourceCount", 0)) >= 1
+        if step["display"] in gpu_stages and not has_gpu:
+            out.append(f"{at}: a training step without an nvidia.com/gpu request")
+        if step["display"] not in gpu_stages and acc:
+            out.append(f"{at}: a CPU step requests an accelerator {acc}")
+        if has_gpu:
+            if not (k.get("nodeSelector") or {}).get("labels"):
+                out.append(f"{at}: GPU step without a nodeSelector for GPU nodes")
+            if not any(t.get("key") == "nvidia.com/gpu" for t in k.get("tolerations") or []):
+                out.append(f"{at}: GPU step does not tolerate the nvidia.com/gpu taint")
+        if {m["mountPath"] for m in k.get("pvcMount") or []} != {"/data"}:
+            out.append(f"{at}: the shared PVC is not mounted at /data")
+        if {m["mountPath"] for m in k.get("configMapAsVolume") or []} != {"/jobs"}:
+            out.append(f"{at}: the job specs (ConfigMap) are not mounted at /jobs")
+        sc = k.get("securityContext") or {}
+        if sc.get("runAsNonRoot") is not True or str(sc.get("runAsUser", "0")) == "0":
+            out.append(f"{at}: not runAsNonRoot")
+        if step["caching"].get("enableCache", False):
+            out.append(f"{at}: caching on (a cached step would skip the stage's work)")
+    return out

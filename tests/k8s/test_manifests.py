@@ -77,6 +77,9 @@ def test_overlay_renders_everything(overlay):
             ("RoleBinding", "quantsearch-submitter"), ("NetworkPolicy", "default-deny"),
             ("PersistentVolumeClaim", "quantsearch-data"), ("PersistentVolumeClaim", "mlflow-artifacts")} <= kinds
     assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"quantsearch"}
+    if overlay == "gpu":  # the CIFAR-10 RayJob and the Kubeflow pipeline's NetworkPolicies
+        assert {("RayJob", "quantsearch-gpu-cluster"), ("NetworkPolicy", "kfp-workflow-egress"),
+                ("NetworkPolicy", "kfp-step-to-mlflow"), ("NetworkPolicy", "mlflow-from-kfp-steps")} <= kinds
 
 
 def _yamllint(*paths: str | Path) -> subprocess.CompletedProcess[str]:
@@ -150,8 +153,10 @@ def test_schema_checks_bite(doc):
 def test_every_pod_meets_the_security_rules(overlay):
     docs = render(overlay)
     pods = [p for d in docs for p in pod_specs(d)]
-    # mlflow, postgres, RayCluster head + workers, 2 RayJobs x (head, workers, submitter)
-    assert len(pods) == 2 + 2 + 2 * 3
+    # mlflow, postgres, RayCluster head + workers, each RayJob's head, workers and submitter
+    rayjobs = _by_kind(docs, "RayJob")
+    assert len(rayjobs) == {"cpu-dev": 2, "gpu": 3}[overlay]
+    assert len(pods) == 2 + 2 + len(rayjobs) * 3
     problems = [v for where, _, spec in pods for v in pod_violations(where, spec)]
     problems += [v for d in docs for v in exposure_violations(d)]
     problems += rbac_violations(docs) + network_violations(docs)
@@ -209,6 +214,12 @@ def test_network_policies_allow_only_the_needed_flows(overlay):
     assert allows(policies, mlflow, pg, 5432)
     for src, dst, port in [(ray, pg, 5432), (sub, mlflow, 5000), (mlflow, ray, 8265), (pg, mlflow, 5000),
                            (sub, ray, 6379), (mlflow, mlflow, 5000), (sub, pg, 5432)]:
+        assert not allows(policies, src, dst, port), (src, dst, port)
+    # a Kubeflow pipeline step (k8s/kubeflow/pipeline.py labels its pods so; Argo adds the workflow label)
+    kfp = {"app.kubernetes.io/component": "kfp-step", "workflows.argoproj.io/workflow": "quantsearch-demo-x"}
+    assert allows(policies, kfp, mlflow, 5000) is (overlay == "gpu")
+    for src, dst, port in [(kfp, pg, 5432), (kfp, ray, 8265), (kfp, ray, 6379), (ray, kfp, 8080), (sub, kfp, 80),
+                           (mlflow, kfp, 5000), (kfp, kfp, 8080)]:
         assert not allows(policies, src, dst, port), (src, dst, port)
 
 
@@ -344,6 +355,8 @@ def test_rayjobs_run_existing_specs_and_resume(overlay):
         workers = loaded.scaling.workers
         groups = spec["rayClusterSpec"]["workerGroupSpecs"]
         if loaded.scaling.use_gpu:
+            # a cuda driver (entrypointNumGpus) holds a GPU of a worker too: the head has none
+            workers += spec.get("entrypointNumGpus", 0)
             have = sum(g["replicas"] * int(g["rayStartParams"].get("num-gpus", 0)) for g in groups)
         else:
             have = sum(g["replicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
@@ -352,7 +365,58 @@ def test_rayjobs_run_existing_specs_and_resume(overlay):
         if overlay == "gpu":
             assert over["device"] == "cuda"
             assert over["scaling.use_gpu"] == "true"
+            assert spec["entrypointNumGpus"] >= 1, "a cuda driver on the GPU-less head fails: entrypointNumGpus"
     assert len(run_names) == len(_by_kind(docs, "RayJob")), "each RayJob needs its own run name"
+
+
+def test_gpu_overlay_runs_the_gpu_cluster_job():
+    """The gpu overlay's RayJob quantsearch-gpu-cluster runs jobs/gpu-cluster.yaml, a spec the ConfigMap carries,
+    on CUDA with GPU Ray Train workers, CIFAR-10 read from the shared volume."""
+    docs = render("gpu")
+    job = _one(docs, "RayJob", "quantsearch-gpu-cluster")
+    path, sets = entrypoint_spec_and_sets(entrypoint_argv(job))
+    assert path == "/jobs/gpu-cluster.yaml"
+    over = _spec_overrides(sets)
+    assert over["device"] == "cuda"
+    assert over["scaling.use_gpu"] == "true"
+    assert over["data.root"].startswith("/data/"), "the pods have no internet: CIFAR-10 comes from the volume"
+    listed = yaml.safe_load((ROOT / "jobs" / "Kustomization").read_text())["configMapGenerator"][0]["files"]
+    assert "gpu-cluster.yaml" in listed, "jobs/Kustomization must list gpu-cluster.yaml (the ConfigMap at /jobs)"
+    assert (ROOT / "jobs" / "gpu-cluster.yaml").is_file()
+    groups = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert all(int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+               for g in groups)
+    assert all("gpu-cluster" not in j["spec"]["entrypoint"] for j in _by_kind(render("cpu-dev"), "RayJob"))
+
+
+def test_submit_to_the_gpu_cluster_puts_the_cuda_driver_on_a_gpu_worker(monkeypatch, capsys):
+    """`quantsearch submit jobs/gpu-cluster.yaml` through the head Service: the head has no GPU (num-cpus 0, no
+    nvidia.com/gpu), so the submission asks Ray for one GPU for the driver, which the GPU worker group offers."""
+    import ray.job_submission
+    from quantsearch.cli import main
+
+    rc = _one(render("gpu"), "RayCluster", "quantsearch")
+    head = rc["spec"]["headGroupSpec"]
+    assert "nvidia.com/gpu" not in str(head["template"]["spec"]["containers"][0]["resources"])
+    assert int(rc["spec"]["workerGroupSpecs"][0]["rayStartParams"]["num-gpus"]) >= 1
+    sent: list[dict[str, Any]] = []
+
+    class Client:
+        def __init__(self, address):
+            assert address == "http://127.0.0.1:8265"
+
+        def submit_job(self, **kw):
+            sent.append(kw)
+            return "raysubmit_gpu"
+
+    monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", Client)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    common = ["--address", "http://127.0.0.1:8265", "--set", "output_dir=/data/runs/gpu-cluster-mine",
+              "--set", "scaling.storage_path=/data/ray", "--tracking-uri", "http://mlflow:5000"]
+    assert main(["submit", str(ROOT / "jobs" / "gpu-cluster.yaml"), *common]) == 0
+    assert main(["submit", str(ROOT / "jobs" / "demo.yaml"), *common, "--set", "device=cpu"]) == 0
+    assert [kw.get("entrypoint_num_gpus") for kw in sent] == [1, None]
+    assert "raysubmit_gpu" in capsys.readouterr().out
 
 
 def test_entrypoint_command_exists_in_the_image():

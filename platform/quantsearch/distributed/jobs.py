@@ -95,6 +95,12 @@ def _call(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
         msg = _first_line(exc)
+        if "Traceback (most recent call last)" in str(exc):  # the server's traceback: its last line says why
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and ln.strip() != "."]
+            msg = lines[-1].rstrip(".") if lines else msg
+        if "already exists" in msg:
+            raise JobsError(f"{what}: {msg}; choose another --submission-id (or `quantsearch jobs status ID` for the "
+                            "job that has it)") from exc
         if "does not exist" in msg or "404" in msg:
             raise JobsError(f"{what}: no such job on this cluster ({msg}); `quantsearch jobs list` shows the ids"
                             ) from exc
@@ -131,8 +137,10 @@ def stage_spec(spec: Mapping[str, Any], folder: Path) -> Path:
 
 def submit(spec: Mapping[str, Any], address: str | None = None, env: Mapping[str, str] | None = None,
            submission_id: str | None = None, python: str = "python", metadata: Mapping[str, str] | None = None,
-           entrypoint_num_cpus: float | None = None) -> str:
-    """Submit `quantsearch run` of `spec` (a validated spec's JSON dump) to the cluster; returns the submission id."""
+           entrypoint_num_cpus: float | None = None, entrypoint_num_gpus: float | None = None) -> str:
+    """Submit `quantsearch run` of `spec` (a validated spec's JSON dump) to the cluster; returns the submission id.
+
+    `entrypoint_num_gpus` makes Ray run the driver on a node with that many GPUs (a cuda job on a GPU-less head)."""
     if submission_id is not None and not _ID.match(submission_id):
         raise ConfigError(f"--submission-id {submission_id!r}: use letters, digits, '.', '_' and '-'")
     client = connect(address)
@@ -142,7 +150,7 @@ def submit(spec: Mapping[str, Any], address: str | None = None, env: Mapping[str
         return str(_call("submit", client.submit_job, entrypoint=entrypoint(python),
                          runtime_env=runtime_env(folder, env or {}), submission_id=submission_id,
                          metadata={"quantsearch.job": str(spec.get("name", "")), **(metadata or {})},
-                         entrypoint_num_cpus=entrypoint_num_cpus))
+                         entrypoint_num_cpus=entrypoint_num_cpus, entrypoint_num_gpus=entrypoint_num_gpus))
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # the client has packed and uploaded it
 
