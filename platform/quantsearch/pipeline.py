@@ -166,6 +166,11 @@ def preflight(spec: JobSpec, stages: list[str] | None = None, check_device: bool
     if check_device:
         resolve_device(spec.device)
     ckpts = {key: load_checkpoint(path, kind="fp32") for key, path in _explicit_checkpoints(spec, stages)}
+    for key, got in ckpts.items():  # a checkpoint of another model or dataset would quantize the wrong network
+        if (got["model_name"], got["dataset"]) != (spec.model.name, spec.data.name):
+            raise ConfigError(f"{key} holds {got['model_name']} trained on {got['dataset']}, but the job is "
+                              f"{spec.model.name} on {spec.data.name}; point {key} at a checkpoint of the job's model "
+                              "and data, or set model.name and data.name to the checkpoint's")
     data = prepare_data(spec.data)
     model = create(spec.model.name, data.bundle.num_classes, data.bundle.in_channels)  # builds for this data
     example = data.example(spec.seed)
@@ -414,25 +419,139 @@ def _export_stage(spec: JobSpec, data: PreparedData, tracker: JobTracker, out: P
                      f"{register} v{version}, |dlogit| {res.max_abs_logit_diff:.0e}", float("nan"), ort, res.seconds)]
 
 
-def run_job(spec: JobSpec, progress: bool = True, console: Console | None = None, stages: list[str] | None = None,
-            workers: int | None = None, use_gpu: bool | None = None, address: str | None = None,
-            from_run: str | None = None) -> list[StageRow]:
-    """Run the requested (default: configured) stages; write <output_dir>/results.json; return the rows.
+def select_stages(spec: JobSpec, only: str | None = None, from_stage: str | None = None) -> list[str]:
+    """The stages a run executes: all configured ones, only one (`--only`), or one and those after it (`--from`)."""
+    from quantsearch._util import suggest
 
-    `workers` overrides the Ray workers of the stage it is given for (Train workers for the supernet, Tune trials
-    for sample/search); `from_run` makes the predictor read its measured table from that MLflow run."""
+    configured = configured_stages(spec)
+    if only and from_stage:
+        raise ConfigError("--only and --from exclude each other: give one of them")
+    for flag, name in (("--only", only), ("--from", from_stage)):
+        if name is None:
+            continue
+        if name not in STAGES:
+            raise ConfigError(f"{flag} {name}: unknown stage{suggest(name, STAGES)}; stages: {', '.join(STAGES)}")
+        if name not in configured:
+            raise ConfigError(f"{flag} {name}: this job spec has no {name} section (it runs "
+                              f"{', '.join(configured)}); add the section or pick one of those")
+    if only:
+        return [only]
+    return configured[configured.index(from_stage):] if from_stage else configured
+
+
+def check_stage_order(spec: JobSpec, stages: list[str]) -> None:
+    """A stage that starts from this run's FP32 model needs it on disk when the fp32 stage is not run now."""
+    if "fp32" in stages:
+        return
+    own = Path(spec.output_dir) / "fp32" / "model.pt"
+    for stage in ("qat", "dqss", "supernet"):
+        if stage in stages and spec.fp32_checkpoint(stage).absolute() == own.absolute() and not own.is_file():
+            raise ConfigError(f"{stage} starts from the FP32 model at {own}, which does not exist: run the fp32 "
+                              f"stage first (`quantsearch run JOB --only fp32`) or set {stage}.checkpoint")
+
+
+@dataclass(frozen=True)
+class FrontRows:
+    """The rows the front table shows: the search's finalists and the uniform configs (as measured)."""
+
+    finalists: list[dict[str, object]]
+    uniform: list[dict[str, object]]
+
+
+def _json_rows(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Rows as plain JSON values (numpy scalars become Python numbers)."""
+    import json
+
+    return json.loads(json.dumps(rows, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+@dataclass
+class _RunState:
+    """What the stages of one run share: the spec, data, tracker, console and the Ray settings."""
+
+    spec: JobSpec
+    data: PreparedData
+    tracker: JobTracker
+    out: Path
+    console: Console
+    progress: bool
+    workers: int
+    tune_workers: int | None
+    use_gpu: bool
+    address: str | None
+    from_run: str | None
+    fetched: Path | None
+
+
+def _run_stage(stage: str, st: _RunState) -> tuple[list[StageRow], dict[str, object]]:
+    """Run one stage; return its result rows and what else the run's summary needs from it."""
     from quantsearch.train import train_fp32, train_qat
 
-    workers_given = workers
+    spec, data, tracker, out = st.spec, st.data, st.tracker, st.out
+    if stage == "fp32":
+        with tracker.child("fp32"):
+            fp = train_fp32(spec, data, out / "fp32", progress=st.progress)
+            tracker.log_metrics({"val_acc": fp.val_acc, "test_acc": fp.test_acc, "seconds": fp.seconds})
+        return [StageRow("fp32", "FP32", fp.val_acc, fp.test_acc, fp.seconds)], {}
+    if stage == "qat":
+        assert spec.qat is not None
+        with tracker.child("qat", {"qat": spec.qat.model_dump()}):
+            q = train_qat(spec, data, out / "qat", progress=st.progress)
+            tracker.log_metrics({"calibrated_val_acc": q.ptq_val_acc, "val_acc": q.val_acc, "test_acc": q.test_acc})
+        label = spec.qat.target.config.replace("uniform:", "")
+        return [StageRow("calibrated (MSE clip)", label, q.ptq_val_acc, float("nan"), 0.0),
+                StageRow(f"LSQ QAT {q.epochs} ep", label, q.val_acc, q.test_acc, q.seconds)], {}
+    if stage == "dqss":
+        return _dqss_stage(spec, data, tracker, out, st.progress, st.address), {}
+    if stage == "supernet":
+        return _supernet_stage(spec, data, tracker, out, st.progress, st.workers, st.use_gpu, st.address), {}
+    if stage == "sample":
+        return _sample_stage(spec, data, tracker, out, st.tune_workers, st.address), {}
+    if stage == "predictor":
+        return _predictor_stage(spec, tracker, out, st.from_run, st.fetched), {}
+    if stage == "search":
+        rows, found = _search_stage(spec, data, tracker, out, st.progress, st.tune_workers, st.address, st.console)
+        if spec.search is not None and spec.search.dqss:
+            rows += _dqss_on_best(spec, data, tracker, out, st.progress, found.best["bitops"])  # type: ignore[attr-defined]
+        return rows, {"finalists": _json_rows(found.finalists), "uniform": _json_rows(found.uniform)}  # type: ignore[attr-defined]
+    if stage == "export":
+        return _export_stage(spec, data, tracker, out), {}
+    raise ConfigError(f"unknown stage '{stage}'; stages: {', '.join(STAGES)}")
+
+
+def _summary_header(spec: JobSpec, data: PreparedData, tracker: JobTracker, skip_done: bool) -> dict[str, str]:
+    return {"job": spec.name, "model": spec.model.name,
+            "data": f"{data.bundle.name} (train {len(data.train)}, val {len(data.val)}, test {len(data.test)})",
+            "device": spec.device, "seed": str(spec.seed), "output folder": str(Path(spec.output_dir).absolute()),
+            "MLflow": f"{tracker.uri}, parent run {tracker.run_id}",
+            "rerun": ("`quantsearch run` again skips the stages that are up to date; --force reruns them"
+                      if skip_done else "this run reran every stage it was given")}
+
+
+def run_job(spec: JobSpec, progress: bool = True, console: Console | None = None, stages: list[str] | None = None,
+            workers: int | None = None, use_gpu: bool | None = None, address: str | None = None,
+            from_run: str | None = None, skip_done: bool = False) -> list[StageRow]:
+    """Run the requested (default: configured) stages; write <output_dir>/results.json and summary.md; return the
+    rows.
+
+    `workers` overrides the Ray workers of the stage it is given for (Train workers for the supernet, Tune trials
+    for sample/search); `from_run` makes the predictor read its measured table from that MLflow run; `skip_done`
+    skips each stage whose marker shows it finished with the same inputs (`quantsearch run` without --force)."""
+    import time
+
+    from quantsearch.resume import load_marker, stage_inputs, stage_key, up_to_date, write_marker
+    from quantsearch.summary import StageStatus, render_summary, write_summary
+
     console = console or Console()
     stages = stages or configured_stages(spec)
     sn = spec.supernet or SupernetSpec()
-    workers = spec.scaling.workers if workers is None else workers
+    n_workers = spec.scaling.workers if workers is None else workers
     if use_gpu is None:  # a CUDA job puts its Ray Train workers on GPUs unless the spec says otherwise
         from quantsearch.device import resolve_device
 
-        use_gpu = spec.scaling.use_gpu or (workers > 0 and resolve_device(spec.device).type == "cuda")
+        use_gpu = spec.scaling.use_gpu or (n_workers > 0 and resolve_device(spec.device).type == "cuda")
     out = Path(spec.output_dir)
+    check_stage_order(spec, stages)
     data = preflight(spec, stages, from_run=from_run)  # all checked before the tracker writes anything
     tracker = JobTracker(spec)
     fetched = None
@@ -442,42 +561,49 @@ def run_job(spec: JobSpec, progress: bool = True, console: Console | None = None
         from quantsearch.tracking.predictor_tracking import measured_table_from_run
 
         fetched = measured_table_from_run(tracker.uri, from_run, Path(tempfile.mkdtemp(prefix="qs-from-run-")))
+    st = _RunState(spec, data, tracker, out, console, progress, n_workers, workers, use_gpu, address, from_run,
+                   fetched)
     rows: list[StageRow] = []
+    statuses: list[StageStatus] = []
+    found: FrontRows | None = None
+    failure: str | None = None
     with tracker.parent(tags={"profile": sn.profile, "stages": ",".join(stages)}):
         console.print(f"[bold]{spec.name}[/]: {spec.model.name} on {data.bundle.name} (train {len(data.train)}, "
                       f"val {len(data.val)}, test {len(data.test)}) -> {out}; MLflow {tracker.uri}")
-        if "fp32" in stages:
-            with tracker.child("fp32"):
-                fp = train_fp32(spec, data, out / "fp32", progress=progress)
-                tracker.log_metrics({"val_acc": fp.val_acc, "test_acc": fp.test_acc, "seconds": fp.seconds})
-            rows.append(StageRow("fp32", "FP32", fp.val_acc, fp.test_acc, fp.seconds))
-        if "qat" in stages and spec.qat is not None:
-            with tracker.child("qat", {"qat": spec.qat.model_dump()}):
-                q = train_qat(spec, data, out / "qat", progress=progress)
-                tracker.log_metrics({"calibrated_val_acc": q.ptq_val_acc, "val_acc": q.val_acc,
-                                     "test_acc": q.test_acc})
-            label = spec.qat.target.config.replace("uniform:", "")
-            rows.append(StageRow("calibrated (MSE clip)", label, q.ptq_val_acc, float("nan"), 0.0))
-            rows.append(StageRow(f"LSQ QAT {q.epochs} ep", label, q.val_acc, q.test_acc, q.seconds))
-        if "dqss" in stages and spec.dqss is not None:
-            rows += _dqss_stage(spec, data, tracker, out, progress, address)
-        if "supernet" in stages:
-            rows += _supernet_stage(spec, data, tracker, out, progress, workers, use_gpu, address)
-        tune_workers = None if workers_given is None else workers_given
-        if "sample" in stages:
-            rows += _sample_stage(spec, data, tracker, out, tune_workers, address)
-        if "predictor" in stages:
-            rows += _predictor_stage(spec, tracker, out, from_run, fetched)
-        found = None
-        if "search" in stages:
-            search_rows, found = _search_stage(spec, data, tracker, out, progress, tune_workers, address, console)
-            rows += search_rows
-            if spec.search is not None and spec.search.dqss:
-                rows += _dqss_on_best(spec, data, tracker, out, progress, found.best["bitops"])  # type: ignore[attr-defined]
-        if "export" in stages:
-            rows += _export_stage(spec, data, tracker, out)
-        atomic_write_json(out / "results.json", [r.__dict__ for r in rows])
-        tracker.log_artifact(out / "results.json")
+        stage = ""
+        try:
+            for stage in stages:
+                inputs = stage_inputs(spec, stage, from_run)
+                key = stage_key(spec, inputs)
+                marker = load_marker(out, stage)
+                if skip_done and marker is not None and up_to_date(marker, key, inputs):
+                    rows += [StageRow(**r) for r in marker.rows]
+                    if stage == "search":
+                        found = FrontRows(**marker.extra)
+                    statuses.append(StageStatus(stage, "skipped (up to date)", 0.0,
+                                                f"made {marker.finished} by MLflow run {marker.mlflow_run_id}"))
+                    console.print(f"  {stage}: up to date (finished {marker.finished}), skipped")
+                    continue
+                t0 = time.perf_counter()
+                new, extra = _run_stage(stage, st)
+                rows += new
+                if stage == "search":
+                    found = FrontRows(**extra)  # type: ignore[arg-type]
+                write_marker(spec, inputs, key, [r.__dict__ for r in new], extra, tracker.run_id)
+                statuses.append(StageStatus(stage, "ran", time.perf_counter() - t0))
+            atomic_write_json(out / "results.json", [r.__dict__ for r in rows])
+            tracker.log_artifact(out / "results.json")
+        except BaseException as exc:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            failure = f"stage {stage}: {type(exc).__name__}{': ' + first if first else ''}"
+            statuses.append(StageStatus(stage, "FAILED", 0.0, "rerun `quantsearch run` to resume here"))
+            raise
+        finally:
+            text = render_summary(spec.name, _summary_header(spec, data, tracker, skip_done), statuses,
+                                  [r.__dict__ for r in rows], out, failure)
+            path = write_summary(out, text)
+            if failure is None:
+                tracker.log_artifact(path)
     if found is not None:
         console.print(front_table(found))
     console.print(results_table(rows))
