@@ -14,7 +14,7 @@ from torch import nn
 
 from quantsearch.data.loader import Batch, batch_inputs, split_batch
 from quantsearch.device import model_device
-from quantsearch.errors import ConfigError
+from quantsearch.errors import ConfigError, DataError
 from quantsearch.quant.calibrators import Calibrator, MSECalibrator
 from quantsearch.quant.convert import disable_quant, quant_layers
 from quantsearch.quant.easyquant import easyquant_layer
@@ -77,6 +77,10 @@ def collect_inputs(model: nn.Module, inputs: Iterable[Batch], max_samples: int =
         model.train(was)
         for name, cfg in saved.items():
             layers[name].set_layer_config(cfg)
+    bad = next((n for n, (lo, hi) in extremes.items() if not bool(torch.isfinite(torch.cat([lo, hi])).all())), None)
+    if bad is not None:  # a NaN/inf scale would follow silently; one sync per layer, once, after the batches
+        raise DataError(f"the calibration inputs of layer {bad} hold non-finite values (NaN or inf); check the "
+                        "images and the model's weights for NaN/inf")
     flat = {n: torch.cat([*v, *extremes[n]]) for n, v in samples.items() if v}
     return flat, {n: torch.cat(v) for n, v in whole.items() if v}
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from quantsearch.device import model_device
+from quantsearch.errors import ConfigError
 from quantsearch.quant.forms import LayerConfig
 from quantsearch.quant.layers import QUANT_LAYER_TYPES, QuantConv2d, QuantLayer, QuantLinear
 
@@ -60,8 +61,14 @@ def _execution_order(model: nn.Module, example: torch.Tensor | None) -> list[str
         with torch.no_grad():
             was = model.training
             model.eval()
-            model(example.to(model_device(model)))
-            model.train(was)
+            try:
+                model(example.to(model_device(model)))
+            except RuntimeError as exc:  # the example does not fit the model (channels, size): one line
+                raise ConfigError(f"the example input of shape {list(example.shape)} does not fit the model "
+                                  f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); pass a batch "
+                                  "shaped like the model's inputs (channels, height, width)") from exc
+            finally:
+                model.train(was)
     finally:
         for h in hooks:
             h.remove()

@@ -33,6 +33,11 @@ def resolve_config(target: QuantTarget, model: nn.Module) -> SubnetConfig:
         wf, af = parse_uniform(target.config, target.weight_granularity, target.weight_symmetric,
                                target.act_symmetric)
         cfg = space.uniform(wf.bits, af.bits, wf.granularity, wf.symmetric, af.symmetric)
+    layers = set(quant_layers(model))
+    if set(cfg) != layers:
+        missing, extra = sorted(layers - set(cfg)), sorted(set(cfg) - layers)
+        raise ConfigError(f"config '{target.config}' does not match the model: missing {missing[:3]}, unknown "
+                          f"{extra[:3]}; use a subnet file made for this model (its search's best.json)")
     if not space.contains(cfg):
         raise ConfigError(f"config '{target.config}' is not deployable on profile '{profile.name}' for this model; "
                           "pick forms the profile lists (`quantsearch profiles list`)")

@@ -6,7 +6,7 @@ import json
 from typing import TYPE_CHECKING
 
 from quantsearch.dqss import Strategy
-from quantsearch.tracking.mlflow_tracking import JobTracker, flatten
+from quantsearch.tracking.mlflow_tracking import JobTracker
 
 if TYPE_CHECKING:
     from quantsearch.dqss import DQSSResult
@@ -15,15 +15,14 @@ if TYPE_CHECKING:
 
 def log_dqss_run(tracker: JobTracker, res: DQSSResult) -> None:
     """Into the active run: the search settings, val/test accuracy, the loss trace, the choices, the files."""
-    import mlflow
 
     st = res.strategy or Strategy.load(res.strategy_path)
     metrics = json.loads((res.strategy_path.parent / "metrics.json").read_text())
-    mlflow.log_params(flatten({"search": dict(st.search)}))
+    tracker.log_params({"search": dict(st.search)})
     tracker.log_metrics({k: metrics[k] for k in ("val_acc", "test_acc", "search_seconds", "finetune_seconds")})
     for i, loss in enumerate(metrics["losses"]):
         tracker.log_metrics({"loss": loss}, step=i)
-    mlflow.set_tags({f"choice.{n}": f"{a}/{w}" for n, (a, w) in st.choices().items()})
+    tracker.set_tags({f"choice.{n}": f"{a}/{w}" for n, (a, w) in st.choices().items()})
     for f in ("strategy.json", "metrics.json"):
         tracker.log_artifact(res.strategy_path.parent / f)
 

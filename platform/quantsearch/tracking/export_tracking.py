@@ -36,14 +36,14 @@ def log_export(tracker: JobTracker, res: ExportResult, register: str) -> str:
     level = log.level
     log.setLevel(logging.ERROR)  # its notes about inferred requirements and missing signatures
     try:
-        info = mlflow.onnx.log_model(onnx.load(str(res.path)), name=MODEL_NAME, registered_model_name=register,
-                                     pip_requirements=[f"onnxruntime=={_version('onnxruntime')}",
-                                                       f"onnx=={_version('onnx')}"])
+        info = tracker.call(mlflow.onnx.log_model, onnx.load(str(res.path)), name=MODEL_NAME,
+                            registered_model_name=register,
+                            pip_requirements=[f"onnxruntime=={_version('onnxruntime')}", f"onnx=={_version('onnx')}"])
     finally:
         log.setLevel(level)
     version = getattr(info, "registered_model_version", None)
-    mlflow.set_tags({"export.registered_model": register, "export.version": str(version or ""),
-                     "export.model_uri": str(info.model_uri)})
+    tracker.set_tags({"export.registered_model": register, "export.version": str(version or ""),
+                      "export.model_uri": str(getattr(info, "model_uri", ""))})
     return str(version or "")
 
 

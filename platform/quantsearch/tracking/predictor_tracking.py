@@ -166,7 +166,7 @@ def log_predictor(tracker: JobTracker, result: PredictorJobResult) -> str:
         metrics.update({f"compare.{kind}.{k}": v for k, v in summary_metrics(rep).items()})
     tracker.log_metrics(metrics)
     saved = result.report["saved_predictor"]
-    mlflow.set_tags({"predictor.model": result.predictor.kind, "predictor.saved_trained_on": saved["trained_on"]})
+    tracker.set_tags({"predictor.model": result.predictor.kind, "predictor.saved_trained_on": saved["trained_on"]})
     for path in (result.report_path, result.scatter_path, result.space_path):
         tracker.log_artifact(path, PREDICTOR_DIR)
     example = pd.DataFrame({"config": [result.fit.heldout[0].to_json()]})  # a split always holds some out
@@ -175,12 +175,12 @@ def log_predictor(tracker: JobTracker, result: PredictorJobResult) -> str:
     level = pyfunc_log.level
     pyfunc_log.setLevel(logging.ERROR)  # its warning about pickled python_model: CQAPModel pickles by reference
     try:
-        info = mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=CQAPModel(),
+        info = tracker.call(mlflow.pyfunc.log_model, name=MODEL_NAME, python_model=CQAPModel(),
                                        artifacts={ARTIFACT_KEY: str(result.predictor_dir)}, signature=signature,
                                        input_example=example, pip_requirements=_requirements())
     finally:
         pyfunc_log.setLevel(level)
-    return str(info.model_uri)
+    return str(getattr(info, "model_uri", ""))
 
 
 def _logged_model(client: Any, run_id: str, name: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,14 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; train one with `quantsearch train`")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns (to stderr) about foreign pickles before it refuses them
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... on bad files
+        if "Weights only load failed" in str(exc) and "Unsupported global" in str(exc):
+            raise CheckpointError(f"checkpoint {path} holds Python objects beyond tensors and plain values (not "
+                                  "weights-only); it is never unpickled: re-save only its tensors, or retrain with "
+                                  "`quantsearch train`") from exc
         raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({type(exc).__name__}); "
                               "retrain or restore it") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
