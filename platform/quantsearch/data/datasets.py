@@ -1,4 +1,5 @@
-"""Dataset registry: Fashion-MNIST from IDX files, sklearn digits, a seeded synthetic set."""
+"""Dataset registry: Fashion-MNIST from IDX files, sklearn digits, a seeded synthetic set, and users' own data
+(an image-folder tree, CIFAR-10 in torchvision's on-disk format)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,18 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from quantsearch._util import suggest
 from quantsearch.data.idx import read_idx
+from quantsearch.data.imageset import ImageSet
 from quantsearch.errors import DataError
+
+if TYPE_CHECKING:
+    from quantsearch.config import DataSpec
 
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = {
@@ -24,7 +30,7 @@ FASHION_FILES = {
 
 
 @dataclass(frozen=True)
-class ArrayData:
+class ArrayData(ImageSet):
     """Images as uint8 [N, C, H, W] and int64 labels [N], kept whole in memory."""
 
     images: torch.Tensor
@@ -39,33 +45,50 @@ class ArrayData:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width)."""
+        c, h, w = self.images.shape[1:]
+        return int(c), int(h), int(w)
+
     def subset(self, index: torch.Tensor) -> ArrayData:
         """Return the rows at `index`."""
         return ArrayData(self.images[index].contiguous(), self.labels[index].contiguous())
 
+    def read(self, index: torch.Tensor) -> torch.Tensor:
+        """The images at `index` (a copy)."""
+        return self.images[index]
+
 
 @dataclass(frozen=True)
 class DataBundle:
-    """A dataset's train and test sets plus what models need to know about it."""
+    """A dataset's train and test sets (and val, where the data names one) plus what models need to know."""
 
     name: str
-    train: ArrayData
-    test: ArrayData
+    train: ImageSet
+    test: ImageSet
     num_classes: int
     mean: float
     std: float
     hflip: bool
     source: str
+    val: ImageSet | None = None
+    classes: tuple[str, ...] = ()
 
     @property
     def in_channels(self) -> int:
         """Number of image channels."""
-        return int(self.train.images.shape[1])
+        return self.train.image_shape[0]
 
     @property
     def image_size(self) -> int:
         """Image height (= width)."""
-        return int(self.train.images.shape[2])
+        return self.train.image_shape[1]
+
+    @property
+    def streams(self) -> bool:
+        """Whether the sets are decoded from files batch by batch rather than held in memory."""
+        return self.train.streams
 
 
 def _fashion_in(folder: Path) -> Path | None:
@@ -199,15 +222,40 @@ def make_synthetic(n_train: int = 1024, n_test: int = 256, num_classes: int = 4,
     return DataBundle("synthetic", train, test, num_classes, 0.5, 0.3, False, f"synthetic(seed={seed})")
 
 
-DATASETS: dict[str, Callable[..., DataBundle]] = {
-    "fashion-mnist": load_fashion_mnist,
-    "digits": load_digits_data,
-    "synthetic": lambda root=None, download=True: make_synthetic(),
+def _imagefolder(spec: DataSpec | None, download: bool) -> DataBundle:
+    from quantsearch.data.imagefolder import load_imagefolder
+
+    if spec is None or spec.root is None:
+        raise DataError("the imagefolder dataset needs data.root: the folder of class folders")
+    return load_imagefolder(spec)
+
+
+def _cifar10(spec: DataSpec | None, download: bool) -> DataBundle:
+    from quantsearch.data.cifar import load_cifar10
+
+    if spec is None or spec.root is None:
+        raise DataError("the cifar10 dataset needs data.root: the folder holding cifar-10-batches-py/")
+    return load_cifar10(spec.root)
+
+
+# each loader takes (DataSpec or None, download); only the users'-own-data sets read more of the spec than root
+DATASETS: dict[str, Callable[[DataSpec | None, bool], DataBundle]] = {
+    "fashion-mnist": lambda spec, download: load_fashion_mnist(spec.root if spec else None, download),
+    "digits": lambda spec, download: load_digits_data(),
+    "synthetic": lambda spec, download: make_synthetic(),
+    "imagefolder": _imagefolder,
+    "cifar10": _cifar10,
 }
 
 
-def load_dataset(name: str, root: str | None = None, download: bool = True) -> DataBundle:
-    """Load a registered dataset by name; unknown names raise DataError with a suggestion."""
+def load_dataset(name: str, root: str | None = None, download: bool = True, spec: DataSpec | None = None
+                 ) -> DataBundle:
+    """Load a registered dataset by name (`spec`, when given, supplies root and the image-folder settings);
+    unknown names raise DataError with a suggestion."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset '{name}'{suggest(name, DATASETS)}; choose from {sorted(DATASETS)}")
-    return DATASETS[name](root=root, download=download)
+    if spec is None:
+        from quantsearch.config import DataSpec
+
+        spec = DataSpec.model_construct(name=name, root=root)
+    return DATASETS[name](spec, download)

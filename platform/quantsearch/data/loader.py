@@ -1,43 +1,45 @@
-"""In-memory batching with seeded shuffling and light augmentation (no DataLoader workers needed)."""
+"""Batching with seeded shuffling and light augmentation: sliced from memory, or decoded from files by DataLoader
+workers (the same batches either way: every random draw happens here, in the main process)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 
 from quantsearch.data.datasets import ArrayData
+from quantsearch.data.files import FileImages
+from quantsearch.data.imageset import ImageSet
+from quantsearch.data.pixels import apply_shifts, draw_shifts, normalize
+
+__all__ = ["ArrayBatches", "Batch", "batch_inputs", "batches", "normalize", "split_batch"]
 
 
-def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """uint8 images -> normalised float32."""
-    return (images.float().div_(255.0) - mean) / std
+def _augment(x: torch.Tensor, gen: torch.Generator, hflip: bool) -> torch.Tensor:
+    return apply_shifts(x, *draw_shifts(len(x), gen, hflip))
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator, hflip: bool, pad: int = 2) -> torch.Tensor:
-    n, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    rows = (dy[:, None] + torch.arange(h)[None, :])  # [n, h]
-    cols = (dx[:, None] + torch.arange(w)[None, :])  # [n, w]
-    idx_n = torch.arange(n)[:, None, None]
-    out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    if hflip:
-        flip = torch.rand(n, generator=gen) < 0.5
-        out = torch.where(flip[:, None, None, None], out.flip(3), out)
-    return out.contiguous()
-
-
-def batches(data: ArrayData, batch_size: int, mean: float, std: float, shuffle: bool = False,
+def batches(data: ImageSet, batch_size: int, mean: float, std: float, shuffle: bool = False,
             generator: torch.Generator | None = None, augment: bool = False,
             hflip: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield normalised (x, y) batches; shuffling and augmentation draw only from `generator`."""
+    """Yield normalised (x, y) batches; shuffling and augmentation draw only from `generator`.
+
+    Images in memory are sliced batch by batch; files are decoded by DataLoader workers, the pass's order and
+    crops drawn up front in the same sequence, so both give the same batches."""
     n = len(data)
     if (shuffle or augment) and generator is None:
         raise ValueError("shuffle/augment need an explicit generator")
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    if isinstance(data, FileImages):
+        plans = data.plans(order, batch_size)
+        if augment:
+            plans = [replace(p, **dict(zip(("dy", "dx", "flip"), draw_shifts(len(p.rows), generator, hflip),  # type: ignore[arg-type]
+                                           strict=True))) for p in plans]
+        yield from data.table.load([replace(p, mean=mean, std=std) for p in plans])
+        return
+    if not isinstance(data, ArrayData):
+        raise TypeError(f"batches reads ArrayData or FileImages, got {type(data).__name__}")
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
         raw = data.images[idx]
@@ -83,7 +85,7 @@ class ArrayBatches:
     """`batches(...)` as a re-iterable loader: every pass is a new call, so a shuffling pass draws its order from
     `generator` where the previous pass left it (seeded, like a DataLoader with a generator)."""
 
-    def __init__(self, data: ArrayData, batch_size: int, mean: float, std: float, shuffle: bool = False,
+    def __init__(self, data: ImageSet, batch_size: int, mean: float, std: float, shuffle: bool = False,
                  generator: torch.Generator | None = None, augment: bool = False, hflip: bool = False) -> None:
         self.data, self.batch_size, self.mean, self.std = data, batch_size, mean, std
         self.shuffle, self.generator, self.augment, self.hflip = shuffle, generator, augment, hflip

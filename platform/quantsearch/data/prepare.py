@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from quantsearch.config import DataSpec
-from quantsearch.data.datasets import ArrayData, DataBundle, load_dataset
+from quantsearch.data.datasets import DataBundle, load_dataset
+from quantsearch.data.imageset import ImageSet
 from quantsearch.data.splits import split_train_val, take
 
 
@@ -16,9 +17,9 @@ class PreparedData:
     """The dataset plus its deterministic train / val split and (possibly limited) test set."""
 
     bundle: DataBundle
-    train: ArrayData
-    val: ArrayData
-    test: ArrayData
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
 
     @property
     def mean(self) -> float:
@@ -38,10 +39,13 @@ class PreparedData:
 
 
 def prepare_data(spec: DataSpec) -> PreparedData:
-    """Load the dataset, split train/val with split_seed, apply train/test limits."""
-    bundle = load_dataset(spec.name, spec.root)
-    val_size = min(spec.val_size, len(bundle.train) // 5)
-    train, val = split_train_val(bundle.train, val_size, spec.split_seed)
+    """Load the dataset, split train/val with split_seed (or take the data's own val set), apply train/test limits."""
+    bundle = load_dataset(spec.name, spec=spec)
+    if bundle.val is not None:
+        train, val = bundle.train, bundle.val
+    else:
+        val_size = min(spec.val_size, len(bundle.train) // 5)
+        train, val = split_train_val(bundle.train, val_size, spec.split_seed)
     train = take(train, spec.train_limit, spec.split_seed)
     test = take(bundle.test, spec.test_limit, spec.split_seed)
     return PreparedData(bundle, train, val, test)

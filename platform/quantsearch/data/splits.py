@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 
-from quantsearch.data.datasets import ArrayData
+from quantsearch.data.imageset import ImageSet
 from quantsearch.errors import DataError
+
+_Set = TypeVar("_Set", bound=ImageSet)
 
 
 def _perm(n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
-def split_train_val(data: ArrayData, val_size: int, seed: int = 0) -> tuple[ArrayData, ArrayData]:
+def split_train_val(data: _Set, val_size: int, seed: int = 0) -> tuple[_Set, _Set]:
     """Split the training set into (train, val); the same seed always gives the same split."""
     if not 0 <= val_size < len(data):
         raise DataError(f"val_size {val_size} must be in [0, {len(data) - 1}] for this dataset")
@@ -20,14 +24,14 @@ def split_train_val(data: ArrayData, val_size: int, seed: int = 0) -> tuple[Arra
     return data.subset(perm[val_size:].sort().values), data.subset(perm[:val_size].sort().values)
 
 
-def take(data: ArrayData, n: int | None, seed: int = 0) -> ArrayData:
+def take(data: _Set, n: int | None, seed: int = 0) -> _Set:
     """A seeded random subset of n rows (all rows when n is None or too large)."""
     if n is None or n >= len(data):
         return data
     return data.subset(_perm(len(data), seed)[:n].sort().values)
 
 
-def calibration_subsets(data: ArrayData, k: int, n: int, seed: int = 0) -> list[ArrayData]:
+def calibration_subsets(data: _Set, k: int, n: int, seed: int = 0) -> list[_Set]:
     """k disjoint seeded subsets of n images each."""
     if k < 1 or n < 1:
         raise DataError("calibration subsets need k >= 1 and n >= 1")

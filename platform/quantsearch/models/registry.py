@@ -12,10 +12,25 @@ from quantsearch.errors import ModelError
 from quantsearch.models.mobilenet import CompactMobileNetV2
 from quantsearch.models.resnet import CompactResNet
 
+
+def resnet18_small(num_classes: int, in_channels: int) -> nn.Module:
+    """torchvision's ResNet-18 for small (CIFAR-size) images: a 3x3 stride-1 stem and no max-pool, so a 32x32
+    input reaches the last stage at 4x4 instead of 1x1 (the ImageNet stem, `tv:resnet18`, divides by 32)."""
+    from torchvision.models import resnet18
+
+    model = resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    model.maxpool = nn.Identity()  # the 32x32 input keeps its resolution into layer1
+    return model
+
+
 _REFERENCE: dict[str, tuple[Callable[[int, int], nn.Module], str]] = {
     "resnet8": (lambda nc, ic: CompactResNet(nc, ic), "compact ResNet, 3 stages x 1 block, 16/32/64"),
     "resnet14": (lambda nc, ic: CompactResNet(nc, ic, blocks=2), "compact ResNet, 3 stages x 2 blocks"),
     "mobilenetv2-tiny": (lambda nc, ic: CompactMobileNetV2(nc, ic), "compact MobileNetV2, depthwise convs"),
+    "resnet18-cifar": (resnet18_small, "torchvision ResNet-18, 3x3 stride-1 stem and no max-pool: for 32x32-size "
+                                       "images"),
 }
 
 
