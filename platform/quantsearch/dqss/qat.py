@@ -19,6 +19,7 @@ from quantsearch.device import model_device
 from quantsearch.dqss.mixers import Anneal, Mixer, mixer_params
 from quantsearch.errors import ConfigError
 from quantsearch.quant.convert import split_params
+from quantsearch.train.compiling import maybe_compile
 from quantsearch.train.optim import make_scheduler
 
 
@@ -60,8 +61,9 @@ def _distill_ce(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, k
 
 def _run(model: nn.Module, teacher: nn.Module, batches: Iterable[Batch], opt: torch.optim.Optimizer, steps: int,
          kd_weight: float, on_step: Callable[[int, float], None] | None,
-         before_step: Callable[[int], None] | None = None) -> PhaseLog:
+         before_step: Callable[[int], None] | None = None, compile: bool | None = False) -> PhaseLog:
     sched = make_scheduler(opt, "cosine", steps)
+    net = maybe_compile(model, compile)  # graph breaks fall back to eager; the annealed temperature goes dynamic
     model.train()
     teacher.eval()
     device = model_device(model)
@@ -76,7 +78,7 @@ def _run(model: nn.Module, teacher: nn.Module, batches: Iterable[Batch], opt: to
             before_step(step)
         with torch.no_grad():
             t = teacher(x) if kd_weight > 0 else x.new_zeros(())
-        loss = _distill_ce(model(x), t, y, kd_weight)
+        loss = _distill_ce(net(x), t, y, kd_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -94,9 +96,11 @@ def _network_weights(model: nn.Module) -> list[nn.Parameter]:
 
 def search_qat(model: nn.Module, teacher: nn.Module, mixers: dict[str, Mixer], batches: Iterable[Batch], steps: int,
                lr: float, scale_lr: float, arch_lr: float, kd_weight: float = 1.0,
-               on_step: Callable[[int, float], None] | None = None, anneal: Anneal | None = None) -> PhaseLog:
+               on_step: Callable[[int, float], None] | None = None, anneal: Anneal | None = None,
+               compile: bool | None = False) -> PhaseLog:
     """One loss, one backward per step; parameter groups: network weights (lr), candidate scales (scale_lr),
-    alpha/beta (arch_lr); all cosine-decayed; `anneal` sets the mixtures' temperature before each step."""
+    alpha/beta (arch_lr); all cosine-decayed; `anneal` sets the mixtures' temperature before each step; `compile`:
+    torch.compile the model (None: auto, train/compiling.py)."""
     arch, scales = mixer_params(mixers)
     weights = _network_weights(model)
     for p in model.parameters():
@@ -107,16 +111,17 @@ def search_qat(model: nn.Module, teacher: nn.Module, mixers: dict[str, Mixer], b
                              {"params": scales, "lr": scale_lr, "weight_decay": 0.0},
                              {"params": arch, "lr": arch_lr, "weight_decay": 0.0}])
     return _run(model, teacher, batches, opt, steps, kd_weight, on_step,
-                None if anneal is None else lambda step: anneal.apply(mixers, step))
+                None if anneal is None else lambda step: anneal.apply(mixers, step), compile)
 
 
 def finetune_fixed(model: nn.Module, teacher: nn.Module, batches: Iterable[Batch], steps: int, lr: float,
                    scale_lr: float, kd_weight: float = 1.0,
-                   on_step: Callable[[int, float], None] | None = None) -> PhaseLog:
-    """LSQ fine-tuning of the argmax strategy (mixers detached): weights and the chosen scales/offsets."""
+                   on_step: Callable[[int, float], None] | None = None, compile: bool | None = False) -> PhaseLog:
+    """LSQ fine-tuning of the argmax strategy (mixers detached): weights and the chosen scales/offsets; `compile`:
+    torch.compile the model (None: auto)."""
     for p in model.parameters():
         p.requires_grad_(True)
     weights, quant = split_params(model)
     opt = torch.optim.AdamW([{"params": weights, "lr": lr, "weight_decay": 0.0},
                              {"params": quant, "lr": scale_lr, "weight_decay": 0.0}])
-    return _run(model, teacher, batches, opt, steps, kd_weight, on_step)
+    return _run(model, teacher, batches, opt, steps, kd_weight, on_step, compile=compile)

@@ -169,7 +169,7 @@ def _search(model: nn.Module, teacher: nn.Module, mixers: dict[str, Mixer], batc
     with epoch_progress("dqss-qat search", n_search, progress) as tick:
         slog = search_qat(model, teacher, mixers, batches, n_search, settings.weight_lr, settings.scales_lr(),
                           settings.arch_lr(), settings.kd_weight, on_step=_both(tick, on_step),
-                          anneal=_anneal(settings, n_search))
+                          anneal=_anneal(settings, n_search), compile=settings.compile)
     strategy = Strategy(choose(mixers, candidates), cfg, candidates, "qat")
     detach_mixers(model, mixers)
     strategy.apply(model)
@@ -179,7 +179,8 @@ def _search(model: nn.Module, teacher: nn.Module, mixers: dict[str, Mixer], batc
     if n_ft:
         with epoch_progress("dqss-qat fine-tune", n_ft, progress) as tick:
             flog = finetune_fixed(model, teacher, batches, n_ft, settings.weight_lr, settings.scales_lr(),
-                                  settings.kd_weight, on_step=_both(tick, on_step, offset=n_search))
+                                  settings.kd_weight, on_step=_both(tick, on_step, offset=n_search),
+                                  compile=settings.compile)
     model.eval()
     _round_offsets(model)  # the strategy deploys integer zero points: the model holds those
     search = {"search_steps": n_search, "finetune_steps": n_ft, "search_epochs": settings.search_epochs,

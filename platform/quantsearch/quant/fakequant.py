@@ -8,7 +8,8 @@ needs an integer: export, strategy files) and may lie outside [qmin, qmax], so a
 keeps its negative offset (the EQ-Net release's abs() forbade it). For an integer z the forward equals
 torch.fake_quantize_per_{tensor,channel}_affine bit for bit (round(x/s) + z, as torch computes it: the
 fractional part of z is added before the round, the integer part after); the backward reuses the clip mask
-saved by the forward.
+saved by the forward. `qmin`/`qmax` may be Python ints or 0-d tensors (a compiled graph reads them from a buffer,
+so a new bit-width does not recompile).
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from typing import Any
 
 import torch
 
+Bound = int | torch.Tensor  # a grid bound: a Python int, or a 0-d tensor of x's dtype
+
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     """Round with a straight-through gradient (d round(u)/du = 1)."""
     return (x.round() - x).detach() + x
 
 
-def grad_scale(t: torch.Tensor, factor: float) -> torch.Tensor:
+def grad_scale(t: torch.Tensor, factor: float | torch.Tensor) -> torch.Tensor:
     """Identity forward; gradient multiplied by `factor` (LSQ's step-size gradient scale)."""
     scaled = t * factor
     return (t - scaled).detach() + scaled
@@ -35,7 +38,7 @@ def lsq_grad_factor(n_per_scale: int, qmax: int) -> float:
     return 1.0 / math.sqrt(max(n_per_scale, 1) * max(qmax, 1))
 
 
-def _forward_with_mask(x: torch.Tensor, scale: torch.Tensor, zq: torch.Tensor | None, qmin: int, qmax: int
+def _forward_with_mask(x: torch.Tensor, scale: torch.Tensor, zq: torch.Tensor | None, qmin: Bound, qmax: Bound
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_q, in-range mask) in a few in-place passes (measured faster here than torch's fused CPU kernels)."""
     r = torch.mul(x, 1.0 / scale)  # x * (1/s), as torch's kernels compute it, so results match bit for bit
@@ -44,7 +47,7 @@ def _forward_with_mask(x: torch.Tensor, scale: torch.Tensor, zq: torch.Tensor | 
         r.add_(zq - z_int).round_().add_(z_int)
     else:
         r.round_()
-    q = torch.clamp(r, qmin, qmax)
+    q = torch.clamp(r, qmin, qmax)  # type: ignore[arg-type]  # both ints or both tensors
     mask = q == r
     if zq is not None:
         q.sub_(zq)
@@ -62,8 +65,8 @@ class _FakeQuant(torch.autograd.Function):
     """STE for x (zero where clipped), LSQ for the scale, LSQ+ for the (real) zero point."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, zq: torch.Tensor | None, qmin: int,
-                qmax: int) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, zq: torch.Tensor | None, qmin: Bound,
+                qmax: Bound) -> torch.Tensor:
         out, mask = _forward_with_mask(x, scale, zq, qmin, qmax)
         ctx.save_for_backward(x, out, mask, scale)
         ctx.has_zp = zq is not None
@@ -87,7 +90,7 @@ class _FakeQuant(torch.autograd.Function):
         return grad_in if ctx.needs_input_grad[0] else None, grad_s, grad_z, None, None
 
 
-def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, qmin: int, qmax: int
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, qmin: Bound, qmax: Bound
                ) -> torch.Tensor:
     """Fake-quantize `x`; `scale` (> 0) and `zero_point` (grid units, real-valued) broadcast against x, e.g.
     [C, 1, 1, 1] per channel."""

@@ -8,6 +8,7 @@ distributed/train_supernet.py). Same settings + seed + batches give the same res
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
@@ -22,13 +23,24 @@ from quantsearch._util import seed_everything
 from quantsearch.config import QuantTarget, SupernetSpec, make_section
 from quantsearch.data.loader import Batch, batch_inputs, split_batch
 from quantsearch.device import model_device
-from quantsearch.quant import QuantPolicy, calibrate_model, convert, get_calibrator, get_profile, split_params
+from quantsearch.errors import TrainingError
+from quantsearch.quant import (
+    QuantPolicy,
+    calibrate_model,
+    convert,
+    get_calibrator,
+    get_profile,
+    quant_layers,
+    split_params,
+)
 from quantsearch.space import SearchSpace, SubnetConfig, layer_costs, resolve_config, set_config
 from quantsearch.space.cost import LayerCost
 from quantsearch.supernet.bn import recalibrate_bn
-from quantsearch.supernet.losses import gpg_loss, wdr_loss
+from quantsearch.supernet.losses import gpg_loss, wdr_from_weights, wdr_weights
 from quantsearch.supernet.measure import measure_subnet
 from quantsearch.supernet.sampling import SandwichSampler, net_forms
+from quantsearch.train import compiling
+from quantsearch.train.compiling import maybe_compile
 from quantsearch.train.optim import make_scheduler
 from quantsearch.train.progress import epoch_progress
 
@@ -49,6 +61,12 @@ class SupernetRun:
     epoch: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int | None = None
+    net: nn.Module | None = None  # what the sandwich step calls: torch.compile(model) when compiling, else model
+    wdr: Callable[..., torch.Tensor] = wdr_from_weights  # compiled alongside `net`: every layer's moments fused
+
+    def forward_module(self) -> nn.Module:
+        """The module a training step runs (compiled or the model; the same parameters either way)."""
+        return self.model if self.net is None else self.net
 
 
 def _make_optimizer(model: nn.Module, sn: SupernetSpec) -> torch.optim.Optimizer:
@@ -64,7 +82,9 @@ def build_run(model: nn.Module, sn: SupernetSpec, calib_batches: Iterable[Batch]
               seed: int = 0, example: torch.Tensor | None = None) -> SupernetRun:
     """Convert a copy of the float `model` (where it is), initialise every form's scale table on the first
     `sn.calib_images` images of `calib_batches` with `sn.init_calibrator`, and set up sampler, optimiser and a
-    schedule of `steps_per_epoch * sn.epochs` steps. `example` (an input batch) finds the execution order."""
+    schedule of `steps_per_epoch * sn.epochs` steps. `example` (an input batch) finds the execution order.
+    With `sn.compile` on (auto: CUDA), the sandwich step runs torch.compile(model): one graph for every subnet
+    (each Ray Train worker builds and compiles its own copy)."""
     gen = seed_everything(seed)
     qmodel = convert(model, QuantPolicy(), example)
     calibrate_model(qmodel, batch_inputs(calib_batches, sn.calib_images), get_calibrator(sn.init_calibrator))
@@ -72,7 +92,9 @@ def build_run(model: nn.Module, sn: SupernetSpec, calib_batches: Iterable[Batch]
     sampler = SandwichSampler(space, seed)
     opt = _make_optimizer(qmodel, sn)
     sched = make_scheduler(opt, sn.schedule, steps_per_epoch * sn.epochs)
-    return SupernetRun(qmodel, space, sampler, opt, sched, gen)
+    net = maybe_compile(qmodel, sn.compile)
+    wdr = wdr_from_weights if net is qmodel else torch.compile(wdr_from_weights, backend=compiling.BACKEND)
+    return SupernetRun(qmodel, space, sampler, opt, sched, gen, net=net, wdr=wdr)
 
 
 def state_payload(run: SupernetRun) -> Payload:
@@ -99,42 +121,73 @@ def _avg_bits(cfg: SubnetConfig) -> float:
     return w + a
 
 
+def _drop_unused_grads(model: nn.Module, configs: list[SubnetConfig]) -> None:
+    """Give the tables of forms no subnet of this step used no gradient (None), as eager autograd does: a compiled
+    graph selects a form with torch.where and hands every table a zero gradient, on which Adam would keep moving
+    the table by its stale momentum."""
+    for name, layer in quant_layers(model).items():
+        for quantizer, forms in ((layer.wq, {c[name].weight for c in configs}),
+                                 (layer.aq, {c[name].activation for c in configs})):
+            used = {f"{'pc' if f.per_channel else 'pt'}_{'sym' if f.symmetric else 'asym'}" for f in forms}
+            for pname, param in quantizer.named_parameters(recurse=False):
+                if pname.split("_", 1)[1] not in used:
+                    param.grad = None
+
+
 def sandwich_step(run: SupernetRun, x: torch.Tensor, y: torch.Tensor, sn: SupernetSpec,
                   sync_grads: Callable[[nn.Module], None] | None = None) -> dict[str, float]:
-    """WDR, then max (CE), then random + min subnets ordered by bits, each distilling from the one above."""
+    """WDR, then max (CE), then random + min subnets ordered by bits, each distilling from the one above.
+
+    The losses stay on the device until the step is done (one host sync per step, not one per subnet)."""
     model = run.model
+    net = run.forward_module()
     model.train()
     device = model_device(model)
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     run.optimizer.zero_grad(set_to_none=True)
-    losses: dict[str, float] = {}
+    losses: dict[str, torch.Tensor] = {}
     if sn.wdr:
-        w = wdr_loss(model, sn.wdr_kurt_weight, sn.wdr_skew_weight)
-        w.backward()
-        losses["wdr"] = w.item()
+        w = run.wdr(wdr_weights(model), sn.wdr_kurt_weight, sn.wdr_skew_weight)
+        if w.requires_grad:  # a model with one quantized layer has nothing to regularize
+            w.backward()
+        losses["wdr"] = w.detach().to(device)
     form = run.sampler.form()
-    set_config(model, run.sampler.max_config(form))
-    logits = model(x)
+    configs = [run.sampler.max_config(form)]
+    set_config(model, configs[0])
+    logits = net(x)
     ce = F.cross_entropy(logits, y)
     ce.backward()
-    losses["max"] = ce.item()
+    losses["max"] = ce.detach()
     teacher = logits.detach()
     chain = sorted(run.sampler.random_configs(sn.n_random), key=_avg_bits, reverse=True)
     chain.append(run.sampler.min_config(form))
+    configs += chain
     for k, cfg in enumerate(chain):
         set_config(model, cfg)
-        logits = model(x)
+        logits = net(x)
         loss = gpg_loss(logits, teacher, y, sn.gpg_lambda, sn.temperature) if sn.gpg else F.cross_entropy(logits, y)
         loss.backward()
-        losses["min" if k == len(chain) - 1 else f"random{k}"] = loss.item()
+        losses["min" if k == len(chain) - 1 else f"random{k}"] = loss.detach()
         teacher = logits.detach()
+    if net is not model:
+        _drop_unused_grads(model, configs)
     if sync_grads is not None:
         sync_grads(model)
     if sn.grad_clip is not None:
         torch.nn.utils.clip_grad_value_(model.parameters(), sn.grad_clip)
     run.optimizer.step()
     run.scheduler.step()
-    return losses
+    values = torch.stack([v.float().reshape(()) for v in losses.values()]).tolist()
+    out = dict(zip(losses, values, strict=True))
+    bad = next((k for k, v in out.items() if not math.isfinite(v)), None)
+    if bad is not None:  # read from the step's one sync; raised before the epoch's checkpoint: the last good one stays
+        named: dict[str, SubnetConfig] = {"max": run.sampler.max_config(form), "min": chain[-1]}
+        culprit = named.get(bad) or (chain[int(bad[6:])] if bad.startswith("random") else None)
+        which = f"the {bad} subnet ({culprit.summary()})" if culprit is not None else "the WDR loss"
+        raise TrainingError(f"supernet loss became {out[bad]} at step {run.scheduler.last_epoch} (epoch "
+                            f"{run.epoch + 1}) on {which}; the last good checkpoint is kept: lower supernet.lr or "
+                            "supernet.scale_lr (or set supernet.grad_clip), then rerun to resume from it")
+    return out
 
 
 def train_epoch(run: SupernetRun, batches: Iterable[Batch], sn: SupernetSpec,

@@ -20,6 +20,7 @@ from quantsearch.errors import ConfigError
 from quantsearch.quant import calibrate_model, split_params
 from quantsearch.space import SubnetConfig, quantized_model, resolve_config, set_config
 from quantsearch.train.checkpoint import load_checkpoint, model_meta, save_checkpoint
+from quantsearch.train.compiling import maybe_compile
 from quantsearch.train.loop import evaluate, train_epoch, val_top1
 from quantsearch.train.optim import make_scheduler
 from quantsearch.train.progress import epoch_progress
@@ -60,10 +61,11 @@ def train_qat(spec: JobSpec, data: PreparedData, out_dir: str | Path, progress: 
                              {"params": quant, "lr": qat.scale_lr, "weight_decay": 0.0}])
     steps = -(-len(data.train) // qat.batch_size)
     sched = make_scheduler(opt, "cosine", steps * max(qat.epochs, 1))
+    net = maybe_compile(model, qat.compile, device)  # trains `model`'s own parameters; checkpoints read `model`
     t0 = time.perf_counter()
     for epoch in range(qat.epochs):
         with epoch_progress(f"qat {target.config} epoch {epoch + 1}/{qat.epochs}", steps, progress) as tick:
-            train_epoch(model, data.train, data.mean, data.std, opt, sched, gen, qat.batch_size,
+            train_epoch(net, data.train, data.mean, data.std, opt, sched, gen, qat.batch_size,
                         spec.training.augment, data.bundle.hflip, 0.0, on_batch=tick)
     seconds = time.perf_counter() - t0
     val = val_top1(model, data)
@@ -77,5 +79,6 @@ def train_qat(spec: JobSpec, data: PreparedData, out_dir: str | Path, progress: 
     atomic_write_json(out_dir / "metrics.json", {
         "config": target.config, "summary": cfg.summary(), "ptq_val_acc": ptq_val, "val_acc": val,
         "test_acc": test, "epochs": qat.epochs, "seconds": seconds, "fp32_checkpoint": str(ckpt_path),
+        "compiled": net is not model,
     })
     return QATResult(cfg, ptq_val, val, test, qat.epochs, seconds, out_ckpt)
