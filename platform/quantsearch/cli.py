@@ -111,14 +111,26 @@ def cmd_profiles_list(args: argparse.Namespace) -> int:
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
-    """Print dataset facts."""
-    from quantsearch.config import DataSpec, make_section
+    """Print dataset facts: source, image shape, classes, split sizes, in memory or streamed."""
+    from quantsearch.config import DataSpec, load_job, make_section
     from quantsearch.data import prepare_data
 
-    d = prepare_data(make_section(DataSpec, "data", name=args.data, root=args.root, val_size=args.val_size))
+    base = load_job(args.job, args.set or []).data.model_dump(exclude_unset=True) if args.job else {}
+    stream = {"true": True, "false": False}.get(args.stream, args.stream)
+    d = prepare_data(make_section(DataSpec, "data", **{**base, **{k: v for k, v in {
+        "name": args.data, "root": args.root, "val_size": args.val_size, "image_size": args.image_size,
+        "stream": stream}.items() if v is not None}}))
     b = d.bundle
-    print(f"dataset      {b.name}\nsource       {b.source}\nimage        {b.in_channels}x{b.image_size}x{b.image_size}"
-          f"\nclasses      {b.num_classes}\ntrain / val  {len(d.train)} / {len(d.val)}\ntest         {len(d.test)}")
+    c, h, w = d.train.image_shape
+    names = f" ({', '.join(b.classes[:10])}{', ...' if len(b.classes) > 10 else ''})" if b.classes else ""
+    mb = sum(s.nbytes for s in (d.train, d.val, d.test)) / 2**20
+    workers = getattr(d.train, "workers", 0)
+    storage = (f"streamed: files decoded per batch by {workers} DataLoader worker(s) ({mb:.1f} MB if decoded)"
+               if b.streams else f"in memory ({mb:.1f} MB)")
+    val_note = " (val: its own val/ folder)" if b.val is not None else ""
+    print(f"dataset      {b.name}\nsource       {b.source}\nimage        {c}x{h}x{w}"
+          f"\nclasses      {b.num_classes}{names}\ntrain / val  {len(d.train)} / {len(d.val)}{val_note}"
+          f"\ntest         {len(d.test)}\nstorage      {storage}")
     return 0
 
 
@@ -191,12 +203,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a job spec end to end."""
     from quantsearch.config import load_job
-    from quantsearch.pipeline import run_job
+    from quantsearch.pipeline import run_job, select_stages
 
     spec = load_job(args.job, args.set or [])
     if args.device:
         spec = _override(spec, **{"": {"device": args.device}})  # type: ignore[assignment]
-    run_job(spec, progress=not args.quiet)
+    stages = select_stages(spec, args.only, args.from_stage)
+    # stages named with --only/--from run even when up to date; otherwise finished stages are skipped
+    skip = not (args.force or args.only or args.from_stage)
+    run_job(spec, progress=not args.quiet, stages=stages, skip_done=skip)
     return 0
 
 
@@ -209,7 +224,8 @@ def cmd_qat(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint, kind="fp32")
     spec = _job_from_args(args)
     raw_qat = {"target.config": args.config, "checkpoint": args.checkpoint, "epochs": args.epochs,
-               "target.profile": args.profile, "target.calib_images": args.calib_images, "lr": args.lr}
+               "target.profile": args.profile, "target.calib_images": args.calib_images, "lr": args.lr,
+               "compile": args.compile}
     spec = _override(spec, data={"name": ckpt["dataset"], "train_limit": args.train_limit},
                      qat={k: v for k, v in raw_qat.items() if v is not None},
                      **{"": {"seed": args.seed, "device": args.device}})
@@ -275,7 +291,7 @@ def cmd_dqss(args: argparse.Namespace) -> int:
                         calib_images=args.calib_images, lr=args.lr, scale_lr=args.scale_lr, iters=args.iters,
                         search_epochs=args.search_epochs, finetune_epochs=args.finetune_epochs,
                         weight_lr=args.weight_lr, kd_weight=args.kd_weight, easyquant_steps=args.easyquant_steps,
-                        tie=not args.no_tie, subsets=args.subsets, checkpoint=args.checkpoint)
+                        tie=not args.no_tie, subsets=args.subsets, checkpoint=args.checkpoint, compile=args.compile)
     data_spec = make_section(DataSpec, "data", name=ckpt["dataset"], test_limit=args.test_limit)
     data = prepare_data(data_spec)
     # a config the profile cannot deploy (or a bad subnet file) fails here, before anything is written
@@ -324,6 +340,8 @@ def cmd_supernet_train(args: argparse.Namespace) -> int:
         spec = _override(spec, **{"": {"device": args.device}})  # type: ignore[assignment]
     if spec.supernet is None:
         spec = spec.model_copy(update={"supernet": SupernetSpec()})
+    if args.compile is not None:
+        spec = _override(spec, supernet={"compile": args.compile})  # type: ignore[assignment]
     workers = 0 if args.local else args.workers
     run_job(spec, progress=not args.quiet, stages=["fp32", "supernet"], workers=workers,
             use_gpu=True if args.gpu else None, address=args.address)
@@ -424,6 +442,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     # everything the export reads is loaded and checked before MLflow or the output folder sees anything
     source = load_source(args.checkpoint, subnet=args.subnet, strategy=args.strategy, data=data,
                          bn_images=args.bn_images, seed=args.seed)
+    from quantsearch.export.deployable import check_profile
+    from quantsearch.export.specs import layer_exports
+
+    check_profile(layer_exports(source.model), ex.profile)  # a form the profile cannot run: before MLflow or files
     register = ex.registry_name or out.stem
     tracker = JobTracker(JobSpec(name="export", seed=args.seed, output_dir=str(out.parent),
                                  tracking_uri=args.tracking_uri, data=data_spec, export=ex))
@@ -471,7 +493,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
     raw = _absolute_paths(spec)
     address = resolve_address(args.address)
-    sid = submit(raw, address, env, args.submission_id, python=args.python)
+    # a cuda driver (FP32, QAT, DQSS run in it) needs a GPU: Ray places it on a GPU worker, not the head
+    gpus = 1 if str(spec.device).startswith("cuda") else None
+    sid = submit(raw, address, env, args.submission_id, python=args.python, entrypoint_num_gpus=gpus)
     uri = spec.tracking_uri or env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{raw['output_dir']}/mlflow.db"
     print(sid)
     sys.stderr.write(f"submitted '{spec.name}' to {address} as {sid}: output {raw['output_dir']}, MLflow {uri}\n"
@@ -591,6 +615,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_log_run(args: argparse.Namespace) -> int:
+    """Re-log a finished run folder to MLflow (a parent run, a child run per stage) from its files on disk."""
+    from quantsearch.tracking.log_run import log_run
+
+    res = log_run(args.dir, args.tracking_uri, job=args.job)
+    print(f"{args.dir}: logged as MLflow run {res.run_id} in experiment '{res.experiment}' at {res.uri} "
+          f"(stages: {', '.join(res.stages) or '-'}; {res.artifacts} files)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = _Parser(prog="quantsearch", description="Find how to quantize a CNN for a target, and prove it on real data.")
@@ -601,6 +635,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default=None, metavar="cpu|cuda|cuda:N|auto",
                         help="where models run: cpu, cuda, cuda:N or auto (cuda when present); "
                              + ("overrides the spec's device (default auto)" if spec_based else "default auto"))
+
+    def compile_opt(sp: argparse.ArgumentParser, key: str) -> None:
+        sp.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"torch.compile the training step (sets {key}; default auto: on for CUDA, off on CPU)")
 
     def job_opts(sp: argparse.ArgumentParser, positional: bool = False) -> None:
         if positional:
@@ -622,9 +660,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="action", required=True, parser_class=_Parser)
     di = data.add_parser("info", help="show a dataset's size and split")
-    di.add_argument("--data", default="fashion-mnist")
-    di.add_argument("--root", default=None)
-    di.add_argument("--val-size", type=int, default=5000)
+    di.add_argument("--job", default=None, help="show the data section of this job spec (flags override it)")
+    di.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of --job's spec")
+    di.add_argument("--data", default=None, help="dataset name (default fashion-mnist)")
+    di.add_argument("--root", default=None, help="data.root (imagefolder tree, cifar10 folder, IDX folder)")
+    di.add_argument("--val-size", type=int, default=None)
+    di.add_argument("--image-size", type=int, default=None, help="imagefolder: resize to this square size")
+    di.add_argument("--stream", choices=("auto", "true", "false"), default=None, help="imagefolder: stream files")
     di.set_defaults(func=cmd_data_info)
 
     tr = sub.add_parser("train", help="train an FP32 model")
@@ -656,9 +698,14 @@ def build_parser() -> argparse.ArgumentParser:
     job_opts(va, positional=True)
     va.set_defaults(func=cmd_validate)
 
-    rn = sub.add_parser("run", help="run a job spec end to end")
+    rn = sub.add_parser("run", help="run a job spec end to end (rerun: skips stages that are up to date)")
     job_opts(rn, positional=True)
     rn.add_argument("--quiet", action="store_true")
+    pick = rn.add_mutually_exclusive_group()
+    pick.add_argument("--only", metavar="STAGE", help="run only this stage (even if up to date)")
+    pick.add_argument("--from", dest="from_stage", metavar="STAGE",
+                      help="run this stage and the ones after it (even if up to date)")
+    rn.add_argument("--force", action="store_true", help="rerun every stage, also those that are up to date")
     device_opt(rn, spec_based=True)
     rn.set_defaults(func=cmd_run)
 
@@ -673,6 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     qa.add_argument("--train-limit", type=int, default=None)
     qa.add_argument("--seed", type=int, default=None)
     qa.add_argument("--quiet", action="store_true")
+    compile_opt(qa, "qat.compile")
     device_opt(qa, spec_based=True)
     job_opts(qa)
     qa.set_defaults(func=cmd_qat)
@@ -732,6 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "combined strategy")
     dq.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     dq.add_argument("--out", required=True, help="folder for strategy.json, model.pt, metrics.json")
+    compile_opt(dq, "dqss.compile; QAT mode only")
     device_opt(dq)
     dq.set_defaults(func=cmd_dqss)
 
@@ -745,6 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     st.add_argument("--quiet", action="store_true")
     device_opt(st, spec_based=True)
+    compile_opt(st, "supernet.compile")
     st.set_defaults(func=cmd_supernet_train)
 
     def tune_opts(sp: argparse.ArgumentParser) -> None:
@@ -865,6 +915,26 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--tracking-uri", default=None, help="MLflow store (default: MLFLOW_TRACKING_URI, or --job's)")
     cp.add_argument("--job", default=None, help="a job spec: its store and (unless --experiment) its experiment")
     cp.set_defaults(func=cmd_compare)
+    lr = sub.add_parser("log-run", help="re-log a finished run folder to MLflow (e.g. after the server was down)")
+    lr.add_argument("dir", help="the run's output folder (holds results.json)")
+    lr.add_argument("--tracking-uri", default=None,
+                    help="MLflow store (default: the run's job spec's, MLFLOW_TRACKING_URI, or sqlite:///DIR/mlflow.db)")
+    lr.add_argument("--job", default=None, help="the run's job spec, where DIR has no job.json")
+    lr.set_defaults(func=cmd_log_run)
+
+    from quantsearch.k8s_pipeline import cmd_pipeline
+
+    k8s = sub.add_parser("k8s", help="Kubernetes: the Kubeflow pipeline (k8s/)").add_subparsers(
+        dest="action", required=True, parser_class=_Parser)
+    kp = k8s.add_parser("pipeline", help="compile k8s/kubeflow/pipeline.py (kfp v2): one step per stage of a spec")
+    kp.add_argument("--out", required=True, metavar="PIPELINE.yaml", help="the compiled pipeline")
+    kp.add_argument("--job", default=None, help="a spec in jobs/ (the pods read /jobs/<name>; default jobs/demo.yaml)")
+    kp.add_argument("--set", action="append", metavar="KEY=VALUE", help="an override every step adds (repeatable)")
+    kp.add_argument("--image", default=None, help="a pinned image (default: the gpu overlay's, "
+                                                  "ghcr.io/quantsearch/quantsearch:0.1.0-cuda12.8)")
+    kp.add_argument("--run-name", default=None, help="run folder /data/runs/<name> and Ray run name "
+                                                     "(default kfp-<spec name>)")
+    kp.set_defaults(func=cmd_pipeline)
     return p
 
 
@@ -880,6 +950,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("quantsearch: interrupted\n")
         return 130
+    except Exception as exc:  # a write outside the atomic helpers (a library's own file) on a full/read-only disk
+        import errno
+
+        from quantsearch._util import disk_error, output_error
+
+        err = disk_error(exc)
+        if err is None or err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # EACCES may be a read
+            raise
+        out = output_error(None, err)
+        sys.stderr.write(f"quantsearch: error: {out}\n")
+        return out.exit_code
 
 
 __all__ = ["ConfigError", "build_parser", "main"]

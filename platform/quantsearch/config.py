@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -84,12 +85,26 @@ def check_output_dir(path: str | Path, what: str = "--out") -> Path:
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{what} {p} is an existing file, not a folder; pass a folder path (created when the "
                           "run starts)")
-    for parent in p.absolute().parents:
+    for parent in (p.absolute(), *p.absolute().parents):
         if parent.exists():
             if not parent.is_dir():
                 raise ConfigError(f"{what} {p}: {parent} is a file, not a folder; pass a folder path")
+            if not os.access(parent, os.W_OK):  # the folder, or the one it would be created in
+                ro = bool(os.statvfs(parent).f_flag & os.ST_RDONLY)
+                raise ConfigError(f"{what} {p} is not writable ({parent}: "
+                                  f"{'read-only file system' if ro else 'permission denied'}); make it writable or "
+                                  "pick another folder")
             break
     return p
+
+
+def check_path_component(value: str) -> str:
+    """A name the run turns into one folder name (job name, Ray run name): no separators, not '.' or '..', so
+    every file a run writes stays inside its output folder."""
+    if not value or value in (".", "..") or any(c in value for c in "/\\\0"):
+        raise ValueError(f"{value!r} must be one folder name (no '/', '\\', '..'): it names folders inside the "
+                         "output folder; use e.g. demo-resnet8")
+    return value
 
 
 def check_calib_images(key: str, value: int, available: int, split: str = "the train split") -> None:
@@ -106,20 +121,52 @@ class _Strict(BaseModel):
 _S = TypeVar("_S", bound=BaseModel)
 
 
+FILE_DATASETS = ("imagefolder", "cifar10")  # the users'-own-data sets: read from data.root, which they need
+
+
 class DataSpec(_Strict):
     """Which dataset, and how its training set is split into train / val."""
 
     name: str = "fashion-mnist"
-    root: str | None = Field(None, description="folder with the IDX files; default: QUANTSEARCH_DATA, Debian path")
-    val_size: int = Field(5000, ge=0, description="images held out of training; search measures on them")
+    root: str | None = Field(None, description="fashion-mnist: folder with the IDX files (default: QUANTSEARCH_DATA, "
+                                               "Debian path); imagefolder: the image tree; cifar10: the folder "
+                                               "holding cifar-10-batches-py/")
+    val_size: int = Field(5000, ge=0, description="images held out of training; search measures on them (an "
+                                                  "imagefolder val/ folder replaces them)")
     train_limit: int | None = Field(None, ge=1, description="use only this many training images (tests, demos)")
     test_limit: int | None = Field(None, ge=1, description="evaluate on only this many test images")
     split_seed: int = 0
+    image_size: int | None = Field(None, ge=4, description="imagefolder: resize the shorter side to this and crop "
+                                                           "the centre square; unset: every image must share a size")
+    split: Literal["auto", "folders", "ratio"] = Field(
+        "auto", description="imagefolder: folders = root/train, root/test (and root/val) of class folders; ratio = "
+                            "root holds the class folders, test_fraction of each class is test; auto: folders when "
+                            "root/train exists")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="imagefolder, split ratio: share of each class tested")
+    stream: Literal["auto", True, False] = Field(
+        "auto", description="imagefolder: decode files batch by batch in DataLoader workers instead of holding "
+                            "every image in memory; auto: when the decoded set exceeds stream_above_mb")
+    stream_above_mb: int = Field(2048, ge=1, description="stream auto: the decoded size (MB) above which it streams")
+    workers: int = Field(2, ge=0, description="DataLoader worker processes decoding image files")
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return _as_value_error(check_dataset_name, v)
+
+    @model_validator(mode="after")
+    def _own_data(self) -> DataSpec:
+        """imagefolder and cifar10 need a root; the image-folder keys mean nothing for the other sets."""
+        if self.name in FILE_DATASETS and not self.root:
+            where = "the image tree" if self.name == "imagefolder" else "the folder holding cifar-10-batches-py/"
+            raise ValueError(f"the {self.name} dataset needs data.root: {where}")
+        if self.name != "imagefolder":
+            # set and not the default: a dumped spec (job.json, Ray workers) carries every key at its default
+            given = [k for k in ("image_size", "split", "test_fraction", "stream") if k in self.model_fields_set
+                     and getattr(self, k) != type(self).model_fields[k].default]
+            if given:
+                raise ValueError(f"'data.{given[0]}' applies to the imagefolder dataset only; remove it")
+        return self
 
 
 class ModelSpec(_Strict):
@@ -192,6 +239,10 @@ def _nest(raw: Any, keys: tuple[str, ...], into: str, section: str) -> Any:
     return {**rest, into: {**nested, **flat}}
 
 
+COMPILE_HELP = ("torch.compile the training forward/backward (one graph serves every subnet); null (auto): on for "
+                "CUDA, off on CPU, where compiling costs more than short runs save")
+
+
 class QATSpec(_Strict):
     """Independent LSQ quantization-aware training of one fixed config (the baseline for EQ-Net)."""
 
@@ -204,6 +255,7 @@ class QATSpec(_Strict):
     scale_lr: float = Field(1e-3, gt=0, description="learning rate of scales and offsets")
     weight_decay: float = Field(0.0, ge=0)
     checkpoint: str | None = Field(None, description="FP32 checkpoint; default: <output_dir>/fp32/model.pt")
+    compile: bool | None = Field(None, description=COMPILE_HELP)
 
     @model_validator(mode="before")
     @classmethod
@@ -227,6 +279,11 @@ class ScalingSpec(_Strict):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="how Ray places the Train workers' placement group: PACK (Ray's default: as few nodes "
                             "as fit) or SPREAD (one per node where it can)")
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name(cls, v: str | None) -> str | None:
+        return None if v is None else check_path_component(v)
 
 
 def _calibrator_name(name: str, layerwise_ok: bool = True) -> str:
@@ -260,6 +317,7 @@ class SupernetSpec(_Strict):
                                                     "per-tensor calibrator, e.g. mse or maxabs)")
     bn_images: int = Field(2048, ge=1, description="images for BN recalibration before measuring a subnet")
     checkpoint: str | None = Field(None, description="FP32 checkpoint; default <output_dir>/fp32/model.pt")
+    compile: bool | None = Field(None, description=COMPILE_HELP)
     table_bits: list[int] = Field(default_factory=lambda: [8, 6, 4, 3, 2])
     table_forms: Literal["first", "all"] = Field("first", description="uniform table: the profile's first "
                                                   "network-wide form, or every one")
@@ -327,6 +385,7 @@ class DQSSSpec(_Strict):
     tie: bool = Field(True, description="one alpha for layers reading the same tensor")
     subsets: int = Field(0, ge=0, description="PTQ: K > 0 runs K Ray Tune trials on disjoint calibration subsets")
     checkpoint: str | None = Field(None, description="FP32 checkpoint; default: <output_dir>/fp32/model.pt")
+    compile: bool | None = Field(None, description=COMPILE_HELP)
 
     @model_validator(mode="before")
     @classmethod
@@ -388,7 +447,8 @@ class SearchBudget(_Strict):
                                        "those of a uniform config: 'W3A3'")
     weight_bytes: float | str | None = Field(None, description="at most this many bytes of weights, or a uniform "
                                              "config's: 'W4A4'")
-    avg_bits: float | None = Field(None, gt=0, description="at most this mean of per-layer (w+a)/2 bits")
+    avg_bits: float | None = Field(None, ge=2, description="at most this mean of per-layer (w+a)/2 bits (bits are "
+                                                         "2..8: below 2 nothing fits)")
 
     @field_validator("bitops", "weight_bytes")
     @classmethod
@@ -495,6 +555,11 @@ class JobSpec(_Strict):
                 raw = {**raw, "supernet": {k: v for k, v in sn.items() if k not in flat},
                        "scaling": {**scaling, **flat}}
         return raw
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_path_component(v)
 
     @field_validator("device")
     @classmethod

@@ -21,3 +21,11 @@ class ModelError(QuantsearchError):
 
 class CheckpointError(QuantsearchError):
     """A checkpoint is missing, corrupt or of an unsupported format version."""
+
+
+class TrainingError(QuantsearchError):
+    """Training diverged (a non-finite loss); the last good checkpoint is kept."""
+
+
+class OutputError(QuantsearchError):
+    """An output file cannot be written: the disk is full, or the folder is read-only or not the user's."""

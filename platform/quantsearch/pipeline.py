@@ -12,7 +12,8 @@ from rich.table import Table
 from quantsearch._util import atomic_write_json
 from quantsearch.config import JobSpec, SupernetSpec, check_calib_images, check_output_dir
 from quantsearch.data import PreparedData, prepare_data
-from quantsearch.errors import ConfigError
+from quantsearch.errors import ConfigError, OutputError
+from quantsearch.stages import ExportPlan, export_plan
 from quantsearch.tracking import JobTracker
 
 STAGES = ("fp32", "qat", "dqss", "supernet", "sample", "predictor", "search", "export")
@@ -36,53 +37,6 @@ def configured_stages(spec: JobSpec) -> list[str]:
             + (["supernet"] if spec.supernet else []) + (["sample"] if spec.sample else [])
             + (["predictor"] if spec.predictor else []) + (["search"] if spec.search else [])
             + (["export"] if spec.export else []))
-
-
-@dataclass(frozen=True)
-class ExportPlan:
-    """What the export stage exports: which result, the files it reads, the stage that writes them, the profile."""
-
-    source: str
-    checkpoint: Path | None
-    subnet: Path | None
-    strategy: Path | None
-    producer: str
-    profile: str | None
-
-
-def export_plan(spec: JobSpec) -> ExportPlan:
-    """Resolve export.source (auto: the last quantized result the spec makes) to the files it reads."""
-    from quantsearch.supernet.sample_job import supernet_checkpoint
-
-    ex = spec.export
-    assert ex is not None
-    out = Path(spec.output_dir)
-    search, dq, qat = spec.search, spec.dqss, spec.qat
-    made = [name for name, ok in (("search-dqss", search is not None and search.dqss), ("search", search is not None),
-                                  ("dqss", dq is not None), ("qat", qat is not None)) if ok]
-    source = ex.source if ex.source != "auto" else (made[0] if made else "")
-    if source not in made:
-        raise ConfigError(f"export.source '{source or ex.source}' needs "
-                          + ({"search-dqss": "a search section with dqss: true", "search": "a search section",
-                              "dqss": "a dqss section", "qat": "a qat section"}.get(source,
-                                 "a quantized result: add a qat, dqss or search section")))
-    if source == "search-dqss":
-        assert search is not None
-        return ExportPlan(source, None, None, out / "dqss-best" / "strategy.json", "search", ex.profile
-                          or search.profile)
-    if source == "search":
-        assert search is not None
-        ckpt = supernet_checkpoint(spec, spec.sample.checkpoint if spec.sample else None)
-        return ExportPlan(source, ckpt, out / "search" / "best.json", None, "search", ex.profile or search.profile)
-    if source == "dqss":
-        assert dq is not None
-        if dq.subsets:
-            raise ConfigError("dqss.subsets combines K searches without saving one strategy file to export; set "
-                              "export.source to another stage, or export one trial's strategy with "
-                              "`quantsearch export --strategy <dqss>/subset<i>/strategy.json`")
-        return ExportPlan(source, None, None, out / "dqss" / "strategy.json", "dqss", ex.profile or dq.target.profile)
-    assert qat is not None
-    return ExportPlan(source, out / "qat" / "model.pt", None, None, "qat", ex.profile or qat.target.profile)
 
 
 def check_search_inputs(spec: JobSpec, stages: list[str], from_run: str | None = None) -> None:
@@ -601,9 +555,14 @@ def run_job(spec: JobSpec, progress: bool = True, console: Console | None = None
         finally:
             text = render_summary(spec.name, _summary_header(spec, data, tracker, skip_done), statuses,
                                   [r.__dict__ for r in rows], out, failure)
-            path = write_summary(out, text)
-            if failure is None:
-                tracker.log_artifact(path)
+            try:
+                path = write_summary(out, text)
+            except OutputError:
+                if failure is None:
+                    raise  # else the stage's own error (say, the disk filled up there) is the one to report
+            else:
+                if failure is None:
+                    tracker.log_artifact(path)
     if found is not None:
         console.print(front_table(found))
     console.print(results_table(rows))

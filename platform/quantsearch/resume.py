@@ -109,7 +109,7 @@ def stage_inputs(spec: JobSpec, stage: str, from_run: str | None = None) -> Stag
             outputs = (*outputs, out / "dqss-best" / "strategy.json")
         return StageInputs(stage, sections, files, up, outputs)
     if stage == "export":
-        from quantsearch.pipeline import export_plan
+        from quantsearch.stages import export_plan
 
         plan = export_plan(spec)
         files = tuple(p for p in (plan.checkpoint, plan.subnet, plan.strategy) if p is not None

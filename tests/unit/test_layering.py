@@ -33,9 +33,10 @@ ROWS = [
     {"supernet", "dqss"},
     {"predictor"},
     {"search"},
-    {"export"},
-    {"tracking", "distributed"},
+    {"export", "stages"},
+    {"tracking", "distributed", "resume", "summary"},
     {"pipeline"},
+    {"k8s_pipeline"},
     {"cli"},
     {"__main__"},
 ]

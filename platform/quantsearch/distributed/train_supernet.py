@@ -80,6 +80,23 @@ def _maybe_inject_fault(spec: str | None, rank: int, epoch: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def ray_failure(exc: BaseException, where: Path) -> QuantsearchError:
+    """One line for a failed Ray Train run: a worker's own user error as it is (a NaN loss, bad data), else the first
+    failing rank's error type and first line (Ray's message spreads it over a traceback) and the run folder."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    for rank, err in sorted(failures.items()):
+        cause = getattr(err, "cause", None) or err  # a RayTaskError carries the worker's exception as .cause
+        if isinstance(cause, QuantsearchError):
+            return cause
+        lines = [ln for ln in str(cause).splitlines() if ln.strip()]
+        return QuantsearchError(f"supernet training on Ray failed on rank {rank}: {type(cause).__name__}: "
+                                f"{lines[0] if lines else ''}; its traceback is in Ray's logs "
+                                f"(<Ray temp dir>/session_latest/logs/train), the run in {where}")
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    return QuantsearchError(f"supernet training on Ray failed: {type(exc).__name__}: {lines[0] if lines else ''}; "
+                            f"see {where}")
+
+
 def _worker_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
@@ -105,7 +122,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
         with restored.as_directory() as d:
             load_state(run, load_checkpoint(Path(d) / "supernet.pt", kind="supernet"))
     logger = config.get("epoch_logger") if rank == 0 else None
-    shape = list(data.train.images.shape[1:])
+    shape = list(data.train.image_shape)
 
     def save(r: Any, metrics: dict[str, float]) -> None:
         metrics = {**metrics, "resumed_from_epoch": float(r.resumed_from or 0), "world_size": float(world),
@@ -158,8 +175,7 @@ def train_supernet_ray(spec: JobSpec, fp32_path: Path, out_dir: Path, workers: i
     try:
         result = trainer.fit()
     except Exception as exc:  # Ray wraps worker errors in its own types
-        raise QuantsearchError(f"supernet training on Ray failed: {type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else ''}; see {storage / name}") from exc
+        raise ray_failure(exc, storage / name) from exc
     if result.checkpoint is None:
         raise QuantsearchError(f"Ray run {name} finished without a checkpoint; see {storage / name}")
     out_dir.mkdir(parents=True, exist_ok=True)

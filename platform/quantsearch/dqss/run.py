@@ -14,7 +14,7 @@ from torch import nn
 
 from quantsearch._util import atomic_write_json, seed_everything
 from quantsearch.config import DQSSSpec
-from quantsearch.data import ArrayBatches, ArrayData, PreparedData, take
+from quantsearch.data import ArrayBatches, ImageSet, PreparedData, take
 from quantsearch.device import resolve_device
 from quantsearch.dqss.search import dqss_search
 from quantsearch.dqss.strategy import Strategy
@@ -38,7 +38,7 @@ class DQSSResult:
 
 
 def run_dqss(spec: DQSSSpec, fp32_path: str | Path, data: PreparedData, out_dir: str | Path, seed: int = 0,
-             progress: bool = False, device: str | torch.device = "cpu", calib: ArrayData | None = None
+             progress: bool = False, device: str | torch.device = "cpu", calib: ImageSet | None = None
              ) -> DQSSResult:
     """One DQSS search as a job spec's `dqss` section (or the CLI) describes it, PTQ or QAT.
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from quantsearch.config import JobSpec, SupernetSpec
-from quantsearch.data import ArrayBatches, ArrayData, PreparedData, batches, take
+from quantsearch.data import ArrayBatches, ImageSet, PreparedData, batches, take
 from quantsearch.device import resolve_device
 from quantsearch.space import build_model_from_checkpoint
 from quantsearch.supernet.measure import measure
@@ -26,7 +26,7 @@ class ShardedBatches:
     `generator` at the start of each pass), this rank's every world-th image, and the same number of steps on
     every rank."""
 
-    def __init__(self, data: ArrayData, batch_size: int, mean: float, std: float, generator: torch.Generator,
+    def __init__(self, data: ImageSet, batch_size: int, mean: float, std: float, generator: torch.Generator,
                  rank: int = 0, world: int = 1) -> None:
         self.data, self.batch_size, self.mean, self.std = data, batch_size, mean, std
         self.generator, self.rank, self.world = generator, rank, world
@@ -101,7 +101,7 @@ def train_supernet_local(spec: JobSpec, data: PreparedData, out_dir: str | Path,
     ckpt_path = out_dir / "supernet.pt"
     if ckpt_path.exists():
         load_state(run, load_checkpoint(ckpt_path, kind="supernet"))
-    shape = list(data.train.images.shape[1:])
+    shape = list(data.train.image_shape)
 
     def save(r: SupernetRun, metrics: dict[str, float]) -> None:
         save_checkpoint(ckpt_path, supernet_payload(r, fp32, spec, shape))

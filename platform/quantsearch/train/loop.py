@@ -1,7 +1,8 @@
-"""One training epoch and evaluation, over in-memory batches."""
+"""One training epoch and evaluation, over batches sliced from memory or decoded from files."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -9,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantsearch.data import ArrayData, Batch, PreparedData, batches, split_batch
+from quantsearch.data import Batch, ImageSet, PreparedData, batches, split_batch
 from quantsearch.device import model_device
+from quantsearch.errors import TrainingError
 
 
 @dataclass(frozen=True)
@@ -23,17 +25,17 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ArrayData | Iterable[Batch], mean: float | None = None,
+def evaluate(model: nn.Module, data: ImageSet | Iterable[Batch], mean: float | None = None,
              std: float | None = None, batch_size: int = 512, device: str | torch.device | None = None
              ) -> EvalResult:
     """Top-1 and mean cross-entropy in eval mode on `device` (default: where the model is).
 
-    `data` is an ArrayData (normalised with `mean`/`std`, in batches of `batch_size`) or any iterable of (x, y)
+    `data` is an ImageSet (normalised with `mean`/`std`, in batches of `batch_size`) or any iterable of (x, y)
     batches, e.g. a DataLoader."""
     device = model_device(model) if device is None else device
-    if isinstance(data, ArrayData):
+    if isinstance(data, ImageSet):
         if mean is None or std is None:
-            raise TypeError("evaluate on an ArrayData needs its mean and std")
+            raise TypeError("evaluate on an ImageSet needs its mean and std")
         data = batches(data, batch_size, mean, std)
     was_training = model.training
     model.eval()
@@ -58,7 +60,7 @@ def val_top1(model: nn.Module, data: PreparedData) -> float:
     return evaluate(model, data.val, data.mean, data.std).top1 if len(data.val) else float("nan")
 
 
-def train_epoch(model: nn.Module, data: ArrayData, mean: float, std: float, optimizer: torch.optim.Optimizer,
+def train_epoch(model: nn.Module, data: ImageSet, mean: float, std: float, optimizer: torch.optim.Optimizer,
                 scheduler: torch.optim.lr_scheduler.LRScheduler | None, generator: torch.Generator,
                 batch_size: int, augment: bool, hflip: bool, label_smoothing: float = 0.0,
                 device: str | torch.device | None = None,
@@ -76,7 +78,11 @@ def train_epoch(model: nn.Module, data: ArrayData, mean: float, std: float, opti
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        total += loss.item() * len(y)
+        value = loss.item()  # the one host sync per step this loop already made
+        if not math.isfinite(value):  # raised before any checkpoint of this epoch: the last good one is kept
+            raise TrainingError(f"the training loss became {value} at step {i + 1} of the epoch; the last good "
+                                "checkpoint is kept: lower the learning rate (or check the data), then rerun")
+        total += value * len(y)
         count += len(y)
         if on_batch is not None:
             on_batch(i, total / count)
