@@ -81,6 +81,13 @@ def render_summary(name: str, header: dict[str, str], statuses: Sequence[StageSt
     return "\n".join(lines) + "\n"
 
 
+def read_statuses(out: Path) -> dict[str, str]:
+    """stage -> status, read back from <output_dir>/summary.md's stage table (as render_summary writes it)."""
+    text = (out / "summary.md").read_text().split("## Stages")[1].split("\n## ")[0]
+    rows = [line.split("|")[1:3] for line in text.splitlines() if line.startswith("| ") and "| stage |" not in line]
+    return {stage.strip(): status.strip() for stage, status in rows}
+
+
 def write_summary(out: Path, text: str) -> Path:
     """Write <output_dir>/summary.md atomically."""
     path = out / "summary.md"

@@ -35,6 +35,7 @@ import torch
 import yaml
 from quantsearch.data.tables import read_rows
 from quantsearch.space import SubnetConfig
+from quantsearch.summary import read_statuses
 
 from tests.integration.ray_cluster import _alive, _start_time, descendants, free_port
 
@@ -126,13 +127,6 @@ def _job(folder: Path, out: Path, tracking: str, name: str = "faults", **section
     return path
 
 
-def _statuses(out: Path) -> dict[str, str]:
-    """stage -> status from summary.md's stage table."""
-    text = (out / "summary.md").read_text().split("## Stages")[1].split("\n## ")[0]
-    rows = [line.split("|")[1:3] for line in text.splitlines() if line.startswith("| ") and "| stage |" not in line]
-    return {s.strip(): st.strip() for s, st in rows}
-
-
 def _history(out: Path) -> list[dict[str, float]]:
     return torch.load(out / "supernet" / "supernet.pt", weights_only=True)["history"]
 
@@ -188,7 +182,7 @@ def test_killed_supernet_job_resumes_at_its_last_epoch(ref, tmp_path):
     epochs = re.findall(r"supernet epoch (\d+)/(\d+)", text)
     assert epochs, text
     assert int(epochs[0][0]) == done + 1, text  # resumed after the last finished epoch
-    assert _statuses(out) == {"fp32": "skipped (up to date)", "supernet": "ran"}
+    assert read_statuses(out) == {"fp32": "skipped (up to date)", "supernet": "ran"}
     _same_training(_history(out), _history(ref_out))
     got, want = json.loads((out / "results.json").read_text()), json.loads((ref_out / "results.json").read_text())
     assert [r["stage"] for r in got] == [r["stage"] for r in want]
@@ -228,7 +222,7 @@ def test_killed_sampling_measures_only_what_is_missing(ref, tmp_path):
 
     again = Cli(["run", str(job)], tmp_path / "logs")
     assert again.finish(240) == 0, again.text()
-    assert _statuses(out) == {"fp32": "skipped (up to date)", "supernet": "skipped (up to date)", "sample": "ran"}
+    assert read_statuses(out) == {"fp32": "skipped (up to date)", "supernet": "skipped (up to date)", "sample": "ran"}
     rows = json.loads((out / "results.json").read_text())
     assert rows[-1]["stage"] == f"sample: {n} subnets ({n - len(before)} new)"
     after = _valid_table(table)
@@ -433,7 +427,7 @@ def test_mlflow_server_stopped_mid_run_keeps_the_results_and_names_log_run(ref, 
         assert "log-run" in errors[0]
         assert str(out) in errors[0]
         # the run finished on disk: every stage's outputs and markers, results and summary
-        assert _statuses(out) == {"fp32": "skipped (up to date)", "supernet": "ran"}
+        assert read_statuses(out) == {"fp32": "skipped (up to date)", "supernet": "ran"}
         assert (out / "stages" / "supernet.json").is_file()
         assert len(_history(out)) == EPOCHS
         assert json.loads((out / "results.json").read_text())[-1]["stage"].startswith("supernet")
@@ -497,6 +491,16 @@ def _no_partial_files(folder: Path) -> list[Path]:
     return files
 
 
+def _one_line_exit_2(cli, timeout: float, *words: str) -> None:
+    """The run ended with exit 2 and one error line (no traceback) holding every word."""
+    assert cli.finish(timeout) == 2, cli.text()
+    errors = cli.errors()
+    assert len(errors) == 1, cli.text()
+    assert "Traceback" not in cli.err.read_text()
+    for word in words:
+        assert word in errors[0], errors[0]
+
+
 @pytest.mark.slow
 @needs_mount
 def test_disk_full_fails_with_one_line_and_no_partial_file(ref, tmp_path):
@@ -504,14 +508,7 @@ def test_disk_full_fails_with_one_line_and_no_partial_file(ref, tmp_path):
     used = sum(p.stat().st_size for p in (ref_out / "fp32").rglob("*") if p.is_file())
     # room for the FP32 model and the small files, not for a supernet checkpoint
     cli, snap = _run_on_tmpfs(ref_out, tmp_path, tracking, used // 1024 + 256, read_only=False)
-    code = cli.finish(240)
-    assert code == 2, cli.text()
-    errors = cli.errors()
-    assert len(errors) == 1, cli.text()
-    assert "Traceback" not in cli.err.read_text()
-    assert "No space left on device" in errors[0]
-    assert "output_dir" in errors[0]
-    assert "rerun" in errors[0]
+    _one_line_exit_2(cli, 240, "No space left on device", "output_dir", "rerun")
     files = _no_partial_files(snap)
     assert snap / "fp32" / "model.pt" in files  # what finished before is kept
     assert not (snap / "stages" / "supernet.json").exists()
@@ -522,13 +519,7 @@ def test_disk_full_fails_with_one_line_and_no_partial_file(ref, tmp_path):
 def test_read_only_output_dir_fails_before_any_work(ref, tmp_path):
     _, ref_out, tracking = ref
     cli, snap = _run_on_tmpfs(ref_out, tmp_path, tracking, 4096, read_only=True)
-    code = cli.finish(120)
-    assert code == 2, cli.text()
-    errors = cli.errors()
-    assert len(errors) == 1, cli.text()
-    assert "Traceback" not in cli.err.read_text()
-    assert "not writable" in errors[0]
-    assert "output_dir" in errors[0]
+    _one_line_exit_2(cli, 120, "not writable", "output_dir")
     before = sorted(p.relative_to(tmp_path / "seed") for p in (tmp_path / "seed").rglob("*"))
     assert sorted(p.relative_to(snap) for p in snap.rglob("*")) == before  # nothing written
 

@@ -11,6 +11,7 @@ import yaml
 from quantsearch.cli import main
 from quantsearch.config import JobSpec
 from quantsearch.resume import content_hash, load_marker, marker_path, stage_inputs, stage_key
+from quantsearch.summary import read_statuses
 
 
 def _job(tmp_path: Path, **extra) -> Path:
@@ -23,13 +24,6 @@ def _job(tmp_path: Path, **extra) -> Path:
     return path
 
 
-def _statuses(out: Path) -> dict[str, str]:
-    """stage -> status from summary.md's stage table."""
-    text = (out / "summary.md").read_text().split("## Stages")[1].split("\n## ")[0]
-    rows = [line.split("|")[1:3] for line in text.splitlines() if line.startswith("| ") and "| stage |" not in line]
-    return {s.strip(): st.strip() for s, st in rows}
-
-
 def _run(capsys, *argv: str) -> int:
     code = main(["run", *argv, "--quiet"])
     capsys.readouterr()
@@ -40,7 +34,7 @@ def test_rerun_skips_finished_stages_and_reruns_what_changed(tmp_path, capsys):
     job = _job(tmp_path)
     out = tmp_path / "run"
     assert _run(capsys, str(job)) == 0
-    assert _statuses(out) == {"fp32": "ran", "qat": "ran"}
+    assert read_statuses(out) == {"fp32": "ran", "qat": "ran"}
     first = json.loads((out / "results.json").read_text())
     mtime = (out / "qat" / "model.pt").stat().st_mtime_ns
     summary = (out / "summary.md").read_text()
@@ -51,23 +45,23 @@ def test_rerun_skips_finished_stages_and_reruns_what_changed(tmp_path, capsys):
 
     # same spec: nothing reruns, the results are the stored ones
     assert _run(capsys, str(job)) == 0
-    assert _statuses(out) == {"fp32": "skipped (up to date)", "qat": "skipped (up to date)"}
+    assert read_statuses(out) == {"fp32": "skipped (up to date)", "qat": "skipped (up to date)"}
     assert json.loads((out / "results.json").read_text()) == first
     assert (out / "qat" / "model.pt").stat().st_mtime_ns == mtime
 
     # a changed QAT section reruns QAT only
     assert _run(capsys, str(job), "--set", "qat.lr=0.002") == 0
-    assert _statuses(out) == {"fp32": "skipped (up to date)", "qat": "ran"}
+    assert read_statuses(out) == {"fp32": "skipped (up to date)", "qat": "ran"}
 
     # killed during QAT: its marker is written only when it finished, so the rerun runs QAT again
     marker_path(out, "qat").unlink()
     assert _run(capsys, str(job), "--set", "qat.lr=0.002") == 0
-    assert _statuses(out) == {"fp32": "skipped (up to date)", "qat": "ran"}
+    assert read_statuses(out) == {"fp32": "skipped (up to date)", "qat": "ran"}
 
     # --force reruns every stage; fp32 resumes from its finished checkpoint, so its files and token stay the same
     token = load_marker(out, "fp32").token
     assert _run(capsys, str(job), "--set", "qat.lr=0.002", "--force") == 0
-    assert _statuses(out) == {"fp32": "ran", "qat": "ran"}
+    assert read_statuses(out) == {"fp32": "ran", "qat": "ran"}
     assert load_marker(out, "fp32").token == token
 
 
@@ -78,7 +72,7 @@ def test_lost_output_reruns_the_stage(tmp_path, capsys):
     assert _run(capsys, str(job), "--only", "fp32") == 0
     (out / "fp32" / "model.pt").unlink()
     assert _run(capsys, str(job)) == 0
-    assert _statuses(out) == {"fp32": "ran"}
+    assert read_statuses(out) == {"fp32": "ran"}
 
 
 @pytest.mark.slow
@@ -93,13 +87,13 @@ def test_only_and_from_run_the_named_stages(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
     assert not out.exists()
     assert _run(capsys, str(job), "--only", "fp32") == 0
-    assert _statuses(out) == {"fp32": "ran"}
+    assert read_statuses(out) == {"fp32": "ran"}
     assert _run(capsys, str(job), "--from", "qat") == 0
-    assert _statuses(out) == {"qat": "ran"}
+    assert read_statuses(out) == {"qat": "ran"}
     assert _run(capsys, str(job), "--only", "qat") == 0  # named: runs although up to date
-    assert _statuses(out) == {"qat": "ran"}
+    assert read_statuses(out) == {"qat": "ran"}
     assert _run(capsys, str(job)) == 0
-    assert _statuses(out) == {"fp32": "skipped (up to date)", "qat": "skipped (up to date)"}
+    assert read_statuses(out) == {"fp32": "skipped (up to date)", "qat": "skipped (up to date)"}
 
 
 @pytest.mark.parametrize(("argv", "words"), [
@@ -155,6 +149,6 @@ def test_failed_run_leaves_a_summary_naming_the_stage(tmp_path, capsys, monkeypa
     capsys.readouterr()
     text = (out / "summary.md").read_text()
     assert "FAILED**: stage qat: RuntimeError: worker lost" in text
-    assert _statuses(out) == {"fp32": "ran", "qat": "FAILED"}
+    assert read_statuses(out) == {"fp32": "ran", "qat": "FAILED"}
     assert load_marker(out, "qat") is None
     assert load_marker(out, "fp32") is not None
