@@ -15,6 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "platform"))
 
 from quantsearch._util import atomic_write_json  # noqa: E402
+from quantsearch.allocator import tune_host_allocator  # noqa: E402
+
+# as the CLI and its Ray workers do: both columns of every comparison run with the same allocator settings
+ALLOCATOR_TUNED = tune_host_allocator()
 
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "runs" / "bench"
@@ -24,7 +28,7 @@ def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     return {"cpu": _platform.processor() or _platform.machine(), "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": sys.version.split()[0],
-            "cuda": torch.cuda.is_available()}
+            "cuda": torch.cuda.is_available(), "host_allocator_tuned": ALLOCATOR_TUNED}
 
 
 def median_time(fn, repeats: int, warmup: int = 3) -> float:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from quantsearch import __version__
+from quantsearch.allocator import tune_host_allocator
 from quantsearch.errors import ConfigError, QuantsearchError
 
 if TYPE_CHECKING:
@@ -942,6 +943,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; user errors print one line and return 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_host_allocator()
     try:
         return int(args.func(args))
     except QuantsearchError as exc:

@@ -249,3 +249,52 @@ def test_inductor_compiled_step_matches_eager_and_switches_without_recompiling()
         for k in grads_e:
             torch.testing.assert_close(grads_c[k], grads_e[k], rtol=1e-3, atol=1e-4, msg=k)
     assert counter.frame_count == 1
+
+
+def test_cpu_graph_keeps_fake_quant_opaque_and_the_op_checks():
+    """On CPU a compiled graph calls quantsearch::fake_quant (the eager passes, which inductor's fused kernels did not
+    beat) with the bounds as tensors; torch.library.opcheck validates its schema, fake kernel and autograd."""
+    from quantsearch.quant.fakequant import _fake_quant_op
+
+    q, x, _ = _converted()
+    set_config(q, _random_config(q, random.Random(2)))
+    targets = []
+
+    def backend(gm: torch.fx.GraphModule, _inputs: list[torch.Tensor]):
+        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    torch.compile(q, backend=backend, fullgraph=True)(x)
+    assert sum("quantsearch.fake_quant" in t for t in targets) == 2 * len(quant_layers(q))
+    g = torch.Generator().manual_seed(0)
+    x4 = torch.randn(4, 3, 5, 5, generator=g, requires_grad=True)
+    for scale, zq in [(torch.full((4, 1, 1, 1), 0.3, requires_grad=True), None),
+                      (torch.full((), 0.2, requires_grad=True), torch.full((), 2.4, requires_grad=True))]:
+        torch.library.opcheck(_fake_quant_op, (x4, scale, zq, torch.tensor(0.0), torch.tensor(15.0)))
+
+
+def test_traced_fake_quant_path_matches_eager(monkeypatch):
+    """The path CUDA compiles (_FakeQuant traced into the graph, fused by inductor there), exercised on CPU."""
+    from quantsearch.quant import fakequant
+
+    monkeypatch.setattr(fakequant, "OPAQUE_DEVICES", frozenset())
+    q, x, y = _converted()
+    targets = []
+
+    def backend(gm: torch.fx.GraphModule, inputs: list[torch.Tensor]):
+        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        from functorch.compile import make_boxed_func
+        from torch._dynamo.backends.common import aot_autograd
+
+        return aot_autograd(fw_compiler=lambda g, _: make_boxed_func(g.forward))(gm, inputs)
+
+    compiled = torch.compile(q, backend=backend, fullgraph=True)
+    for cfg in (_random_config(q, random.Random(3)), _random_config(q, random.Random(4))):
+        set_config(q, cfg)
+        out_e, grads_e = _step(q, q, x, y)
+        out_c, grads_c = _step(compiled, q, x, y)
+        assert torch.equal(out_e, out_c)
+        for k in grads_e:
+            torch.testing.assert_close(grads_c[k], grads_e[k], rtol=1e-5, atol=1e-5, msg=k)
+    assert targets
+    assert not any("quantsearch.fake_quant" in t for t in targets)

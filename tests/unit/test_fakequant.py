@@ -290,3 +290,25 @@ def test_round_offsets_snaps_to_the_integer_grid():
     q.round_offsets(form)
     _, z2 = q.qparams(form)
     assert torch.allclose(z2, z.round(), atol=1e-5)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_channels_last_input_keeps_its_layout_and_values(per_channel):
+    """What a compiled graph hands the op next to a conv: outputs in x's own strides, the same values and gradients
+    as the contiguous tensor's (the dot products read both in memory order)."""
+    from quantsearch.quant.fakequant import fake_quant
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(4, 3, 5, 5, generator=g)
+    shape = (1, 3, 1, 1) if per_channel else ()
+    results = []
+    for x in (base.clone(), base.clone().to(memory_format=torch.channels_last)):
+        x.requires_grad_(True)
+        scale = torch.full(shape, 0.25, requires_grad=True)
+        zp = torch.full(shape, 1.6, requires_grad=True)
+        out = fake_quant(x, scale, zp, 0, 15)
+        assert out.stride() == x.stride()
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        results.append((out.detach().contiguous(), x.grad.contiguous(), scale.grad, zp.grad))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

@@ -23,7 +23,7 @@ PKG = Path(__file__).resolve().parents[2] / "platform" / "quantsearch"
 # DESIGN.md's rows; its first row (errors/config) in the order its modules import each other
 ROWS = [
     {"errors"},
-    {"_util"},
+    {"_util", "allocator"},
     {"device"},
     {"config"},
     {"data", "models"},

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from quantsearch.allocator import tune_host_allocator
 from quantsearch.config import JobSpec, SupernetSpec
 from quantsearch.errors import QuantsearchError
 
@@ -107,6 +108,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     from quantsearch.supernet.trainer import load_state
     from quantsearch.train.checkpoint import load_checkpoint, save_checkpoint
 
+    tune_host_allocator()  # a worker process of its own: the CLI's setting does not reach it
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     spec = JobSpec.model_validate(config["spec"])
     sn = spec.supernet or SupernetSpec()

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from quantsearch.allocator import tune_host_allocator
 from quantsearch.config import DataSpec, DQSSSpec
 from quantsearch.dqss.combine import SubsetsResult
 from quantsearch.errors import QuantsearchError
@@ -19,6 +20,7 @@ def _trial(config: dict[str, Any]) -> None:
     from quantsearch.data import calibration_subsets, prepare_data
     from quantsearch.dqss import run_dqss
 
+    tune_host_allocator()  # a worker process of its own: the CLI's setting does not reach it
     torch.set_num_threads(1)
     data = prepare_data(DataSpec.model_validate(config["data"]))
     k, idx = config["k"], config["index"]

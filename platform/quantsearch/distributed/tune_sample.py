@@ -18,6 +18,7 @@ from typing import Any
 from ray import tune
 
 from quantsearch._util import atomic_write_json
+from quantsearch.allocator import tune_host_allocator
 from quantsearch.errors import QuantsearchError
 from quantsearch.space import SubnetConfig
 from quantsearch.supernet.sample import Row
@@ -48,6 +49,7 @@ def _trial(config: dict[str, Any]) -> None:
 
     from quantsearch.supernet.sample_job import context_from_args
 
+    tune_host_allocator()  # a worker process of its own: the CLI's setting does not reach it
     torch.set_num_threads(1)
     chunk = json.loads(Path(config["chunks_file"]).read_text())[config["index"]]
     ctx = context_from_args(config["ctx"], config["device"])
