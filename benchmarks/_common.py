@@ -10,6 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch._inductor.config as inductor_config
+
+# inductor compiles in this process, not in a pool of worker processes: on 2 cores the pool's workers, warm after a
+# compile, competed with the steps timed right after it (one run timed compiled FP32 as slow as eager)
+inductor_config.compile_threads = 1
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "platform"))
