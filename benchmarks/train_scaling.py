@@ -4,8 +4,10 @@ same mode, eager and torch.compile'd side by side (with the compiled run's recom
 usage: python benchmarks/train_scaling.py [--images 4096] [--repeats 7] [--backend inductor] [--quick]
 Writes results/train_scaling.json. On this 2-core machine two workers share the same cores.
 Target: sandwich step (WDR + max + 2 random + min) <= 4.5x an FP32 step, eager and compiled; 0 recompilations after
-warm-up. --quick: no Ray, batch 16, 2 repeats, backend aot_eager, into train_scaling_quick.json (a smoke run of the
-script; its figures mean nothing).
+warm-up. Also timed: the sandwich's 4 forward+backward passes alone (quantized) and 4 FP32 forward+backward passes,
+each against one FP32 step: what quantization itself adds, and what four passes cost even in FP32.
+--quick: no Ray, batch 16, 2 repeats, backend aot_eager, into train_scaling_quick.json (a smoke run of the script;
+its figures mean nothing).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from _common import RUNS, median_time, write_result
 from quantsearch.config import JobSpec
 from quantsearch.data import batches, prepare_data
-from quantsearch.space import load_model
+from quantsearch.space import load_model, set_config
 from quantsearch.supernet import build_job_run, sandwich_step
 from quantsearch.train import compiling, load_checkpoint, train_fp32
 
@@ -86,10 +88,33 @@ def main() -> None:
         t_sandwich = median_time(lambda run=run, sn=sn: sandwich_step(run, x, y, sn), args.repeats)
         if mode == "compiled":  # every timed step trained 2 + n_random new subnets
             recompilations = torch._dynamo.utils.counters["frames"]["ok"] - frames
+        # where the sandwich's time goes: its 2 + n_random forward+backward passes alone (one draw of subnets, no WDR,
+        # no optimizer step), against the same number of FP32 forward+backward passes
+        form = run.sampler.form()
+        cfgs = [run.sampler.max_config(form), *run.sampler.random_configs(sn.n_random), run.sampler.min_config(form)]
+
+        def quant_passes(run=run, cfgs=cfgs) -> None:
+            for cfg in cfgs:
+                set_config(run.model, cfg)
+                run.model.zero_grad(set_to_none=True)
+                F.cross_entropy(run.forward_module()(x), y).backward()
+
+        def fp32_passes(net: torch.nn.Module = net, n: int = len(cfgs)) -> None:
+            for _ in range(n):
+                net.zero_grad(set_to_none=True)
+                F.cross_entropy(net(x), y).backward()
+
+        t_quant = median_time(quant_passes, args.repeats)
+        t_fp32_passes = median_time(fp32_passes, args.repeats)
         ms[mode] = {"fp32_step_ms": 1e3 * t_fp32, "sandwich_step_ms": 1e3 * t_sandwich,
-                    "sandwich_over_fp32": t_sandwich / t_fp32}
+                    "sandwich_over_fp32": t_sandwich / t_fp32, "subnet_passes": len(cfgs),
+                    "quantized_passes_ms": 1e3 * t_quant, "fp32_passes_ms": 1e3 * t_fp32_passes,
+                    "quantized_passes_over_fp32_step": t_quant / t_fp32,
+                    "fp32_passes_over_fp32_step": t_fp32_passes / t_fp32}
         print(f"{mode:8s} step, batch {batch}: FP32 {1e3 * t_fp32:.1f} ms, sandwich {1e3 * t_sandwich:.1f} ms "
-              f"-> {t_sandwich / t_fp32:.2f}x (target <= {TARGET}x)")
+              f"-> {t_sandwich / t_fp32:.2f}x (target <= {TARGET}x); its {len(cfgs)} quantized forward+backward "
+              f"passes alone {1e3 * t_quant:.1f} ms = {t_quant / t_fp32:.2f}x, {len(cfgs)} FP32 passes "
+              f"{1e3 * t_fp32_passes:.1f} ms = {t_fp32_passes / t_fp32:.2f}x")
     steps = args.repeats + 3  # median_time's warm-up runs
     subnets = steps * (2 + spec.supernet.n_random)  # type: ignore[union-attr]
     print(f"compiled sandwich: {recompilations} recompilations over {steps} steps ({subnets} subnets) after "

@@ -889,21 +889,16 @@ def build_parser() -> argparse.ArgumentParser:
     jl = jobs.add_parser("list", help="every job the cluster knows")
     address_opt(jl)
     jl.set_defaults(func=cmd_jobs_list)
-    js = jobs.add_parser("status", help="one job's status")
-    js.add_argument("id", help="submission id")
-    js.add_argument("--wait", action="store_true", help="wait until it ends; exit 1 unless it succeeded")
-    address_opt(js)
-    js.set_defaults(func=cmd_jobs_status)
-    jg = jobs.add_parser("logs", help="a job's logs")
-    jg.add_argument("id", help="submission id")
-    jg.add_argument("--follow", action="store_true", help="stream until the job ends; exit 1 unless it succeeded")
-    address_opt(jg)
-    jg.set_defaults(func=cmd_jobs_logs)
-    jt = jobs.add_parser("stop", help="stop a job")
-    jt.add_argument("id", help="submission id")
-    jt.add_argument("--wait", action="store_true", help="wait (up to 2 min) until it has stopped")
-    address_opt(jt)
-    jt.set_defaults(func=cmd_jobs_stop)
+    until_end = "until the job ends; exit 1 unless it succeeded"
+    for name, what, func, flag, flag_help in (
+            ("status", "one job's status", cmd_jobs_status, "--wait", f"wait {until_end}"),
+            ("logs", "a job's logs", cmd_jobs_logs, "--follow", f"stream {until_end}"),
+            ("stop", "stop a job", cmd_jobs_stop, "--wait", "wait (up to 2 min) until it has stopped")):
+        one = jobs.add_parser(name, help=what)
+        one.add_argument("id", help="submission id")
+        one.add_argument(flag, action="store_true", help=flag_help)
+        address_opt(one)
+        one.set_defaults(func=func)
 
     cp = sub.add_parser("compare", help="jobs side by side from MLflow, and their Pareto fronts in one plot")
     cp.add_argument("--experiment", action="append", metavar="NAME",

@@ -51,14 +51,14 @@ def _subnet_of(ckpt: dict[str, Any], path: Path, subnet: str, data: PreparedData
                seed: int) -> ExportSource:
     """A supernet checkpoint + a config: the subnet with its BN statistics recalibrated as `quantsearch sample`
     and `search` measure it (the same `bn_images` training images for the same `seed`)."""
-    from quantsearch.supernet.bn import recalibrate_bn
+    from quantsearch.supernet.bn import bn_batches, recalibrate_bn
 
     if data is None:
         raise ConfigError("exporting a supernet's subnet recalibrates BN on training images: pass the data")
     model = load_model(ckpt)
     cfg = resolve_config(QuantTarget(config=_as_config(subnet), profile=ckpt["profile"]), model)
     set_config(model, cfg)
-    recalibrate_bn(model, ArrayBatches(take(data.train, bn_images, seed), 256, data.mean, data.std), bn_images)
+    recalibrate_bn(model, bn_batches(data, bn_images, seed), bn_images)
     return ExportSource(model.eval(), "lsq", f"supernet {path} subnet {subnet}", ckpt["dataset"])
 
 

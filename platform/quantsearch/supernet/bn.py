@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from quantsearch.data import ArrayBatches, PreparedData, take
 from quantsearch.data.loader import Batch, split_batch
 from quantsearch.device import model_device
 
@@ -43,3 +44,9 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[Batch], n_images: int = 2
             m.momentum = mom
         model.train(was)
     return seen
+
+
+def bn_batches(data: PreparedData, n_images: int, seed: int = 0) -> ArrayBatches:
+    """The `n_images` seeded training images a subnet's BN is recalibrated on: the same ones wherever that subnet is
+    measured or rebuilt (sampling, search, export), so its accuracy there is the accuracy measured."""
+    return ArrayBatches(take(data.train, n_images, seed), 256, data.mean, data.std)

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from quantsearch.data import ArrayBatches, Batch, PreparedData, take
+from quantsearch.data import Batch, PreparedData
 from quantsearch.space import SubnetConfig, set_config
-from quantsearch.supernet.bn import recalibrate_bn
+from quantsearch.supernet.bn import bn_batches, recalibrate_bn
 from quantsearch.train.loop import evaluate, val_top1
 
 
@@ -35,7 +35,7 @@ def measure(model: nn.Module, config: SubnetConfig, data: PreparedData, bn_image
             test: bool = False, seed: int = 0) -> Measurement:
     """Activate `config`, recalibrate BN on `bn_images` training images, evaluate on val (and test)."""
     set_config(model, config)
-    recalibrate_bn(model, ArrayBatches(take(data.train, bn_images, seed), 256, data.mean, data.std), bn_images)
+    recalibrate_bn(model, bn_batches(data, bn_images, seed), bn_images)
     val = val_top1(model, data)
     tst = evaluate(model, data.test, data.mean, data.std).top1 if test else None
     return Measurement(val, tst)

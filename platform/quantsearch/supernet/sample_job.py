@@ -23,6 +23,7 @@ from quantsearch.errors import ConfigError
 from quantsearch.quant import get_profile
 from quantsearch.space import SearchSpace, SubnetConfig, layer_costs, load_model
 from quantsearch.space.cost import LayerCost
+from quantsearch.supernet.bn import bn_batches
 from quantsearch.supernet.sample import Row, measure_configs, sample_configs
 from quantsearch.train.checkpoint import load_checkpoint
 
@@ -72,7 +73,7 @@ def load_context(ckpt_path: str | Path, data: PreparedData, bn_images: int, val_
     space = SearchSpace.for_model(model, get_profile(ckpt["profile"]))
     costs = layer_costs(model, tuple(ckpt["input_shape"]))
     val = ArrayBatches(take(data.val, val_images, seed), 512, data.mean, data.std)
-    bn = ArrayBatches(take(data.train, bn_images, seed), 256, data.mean, data.std)
+    bn = bn_batches(data, bn_images, seed)
     return MeasureContext(model, space, costs, val, bn, bn_images, seed)
 
 
