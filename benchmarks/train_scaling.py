@@ -4,7 +4,8 @@ same mode, eager and torch.compile'd side by side (with the compiled run's recom
 usage: python benchmarks/train_scaling.py [--images 4096] [--repeats 7] [--backend inductor] [--quick]
 Writes results/train_scaling.json. On this 2-core machine two workers share the same cores.
 Target: sandwich step (WDR + max + 2 random + min) <= 4.5x an FP32 step, eager and compiled; 0 recompilations after
-warm-up. Also timed: the sandwich's 4 forward+backward passes alone (quantized) and 4 FP32 forward+backward passes,
+warm-up. Also timed: the sandwich's 4 subnets' forward+backward passes alone (one draw, plain cross-entropy instead of
+the distillation loss, no WDR, no optimizer step) and 4 FP32 forward+backward passes,
 each against one FP32 step: what quantization itself adds, and what four passes cost even in FP32.
 --quick: no Ray, batch 16, 2 repeats, backend aot_eager, into train_scaling_quick.json (a smoke run of the script;
 its figures mean nothing).

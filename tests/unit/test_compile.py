@@ -267,10 +267,15 @@ def test_cpu_graph_keeps_fake_quant_opaque_and_the_op_checks():
     torch.compile(q, backend=backend, fullgraph=True)(x)
     assert sum("quantsearch.fake_quant" in t for t in targets) == 2 * len(quant_layers(q))
     g = torch.Generator().manual_seed(0)
-    x4 = torch.randn(4, 3, 5, 5, generator=g, requires_grad=True)
-    for scale, zq in [(torch.full((4, 1, 1, 1), 0.3, requires_grad=True), None),
-                      (torch.full((), 0.2, requires_grad=True), torch.full((), 2.4, requires_grad=True))]:
-        torch.library.opcheck(_fake_quant_op, (x4, scale, zq, torch.tensor(0.0), torch.tensor(15.0)))
+    inputs = [torch.randn(4, 3, 5, 5, generator=g), torch.randn(4, 3, 5, 5, generator=g).to(
+        memory_format=torch.channels_last), torch.randn(4, 1, 5, 5, generator=g), torch.randn(4, 3, 5, 5).half()]
+    for x4 in inputs:
+        for scale, zq in [(torch.full((4, 1, 1, 1), 0.3, requires_grad=True), None),
+                          (torch.full((), 0.2, requires_grad=True), torch.full((), 2.4, requires_grad=True))]:
+            if x4.dtype == torch.half:
+                scale, zq = scale.detach().half().requires_grad_(), None if zq is None else zq.detach().half()
+            torch.library.opcheck(_fake_quant_op, (x4.requires_grad_(True), scale, zq, torch.tensor(0.0),
+                                                   torch.tensor(15.0)))
 
 
 def test_traced_fake_quant_path_matches_eager(monkeypatch):

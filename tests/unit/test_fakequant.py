@@ -312,3 +312,41 @@ def test_channels_last_input_keeps_its_layout_and_values(per_channel):
         results.append((out.detach().contiguous(), x.grad.contiguous(), scale.grad, zp.grad))
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("view", ["channels_slice", "strided_rows", "one_channel"])
+def test_non_dense_and_ambiguous_layouts_match_the_reference(view):
+    """A view whose layout differs from the outputs' (a channel slice of a channels-last tensor reads as
+    channels-last outputs over a non-dense x): values and all gradients as the autograd reference computes them."""
+    from quantsearch.quant.fakequant import fake_quant_reference
+
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(2, 6, 4, 4, generator=g).to(memory_format=torch.channels_last)
+    x0 = {"channels_slice": base[:, :3], "strided_rows": base[:, :, ::2],
+          "one_channel": base[:, :1].contiguous(memory_format=torch.channels_last)}[view]
+    results = []
+    for fn in (fake_quant, fake_quant_reference):
+        x = x0.detach().clone(memory_format=torch.preserve_format) if fn is fake_quant_reference else x0.detach()
+        x = x.requires_grad_(True)
+        scale = torch.full((), 0.2, requires_grad=True)
+        zp = torch.full((), 1.4, requires_grad=True)
+        out = fn(x, scale, zp, 0, 15)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        results.append((out.detach(), x.grad, scale.grad, zp.grad))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_bool_mask_backward_equals_float_mask_backward():
+    """Off the CPU the clip mask stays bool (less memory): the backward selects where the CPU multiplies."""
+    from quantsearch.quant.fakequant import _backward, _forward_with_mask
+
+    g = torch.Generator().manual_seed(2)
+    x, grad = torch.randn(3, 4, 5, 5, generator=g), torch.randn(3, 4, 5, 5, generator=g)
+    scale, zq = torch.full((1, 4, 1, 1), 0.3), torch.full((1, 4, 1, 1), 2.5)
+    out, mask = _forward_with_mask(x, scale, zq, 0, 15)
+    assert mask.dtype == x.dtype
+    by_float = _backward(grad, x, out, mask, scale, True)
+    by_bool = _backward(grad, x, out, mask.bool(), scale, True)
+    for a, b in zip(by_float, by_bool, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from quantsearch.allocator import user_choice
 from quantsearch.errors import QuantsearchError
 
 
@@ -17,12 +18,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     address = address or os.environ.get("RAY_ADDRESS")
+    allocator = user_choice()  # workers on a running cluster do not inherit this shell's environment
     try:
         if address:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False,
+                     runtime_env={"env_vars": allocator} if allocator else None)
         else:
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+                     runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", **allocator}})
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise QuantsearchError(f"cannot reach Ray at {address or 'a new local cluster'} ({exc}); "
                                "check --address / RAY_ADDRESS or run with --workers 0") from exc

@@ -48,9 +48,11 @@ def _output_for(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def _forward_with_mask(x: torch.Tensor, scale: torch.Tensor, zq: torch.Tensor | None, qmin: Bound, qmax: Bound
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_q, in-range mask as 1.0/0.0 in x's dtype) in a few in-place passes (measured faster here than torch's fused
-    CPU kernels). The mask is a float tensor: on CPU a comparison into bool, and torch.where on a bool mask, each cost
-    5-10x a float pass (measured: where 1.4 ms against a multiply's 0.15 ms on a [128, 16, 28, 28] gradient)."""
+    """(x_q, in-range mask) in a few in-place passes (measured faster here than torch's fused CPU kernels).
+
+    On the CPU the mask is 1.0/0.0 in x's dtype: there a comparison into bool, and torch.where on a bool mask, each
+    cost 5-10x a float pass (measured: where 1.4 ms against a multiply's 0.15 ms on a [128, 16, 28, 28] gradient).
+    Elsewhere it stays bool (a quarter of the memory a training step keeps per activation)."""
     r = torch.mul(x, 1.0 / scale, out=_output_for(x, scale))  # x * (1/s), as torch's kernels compute it
     if zq is not None:
         z_int = zq.floor()
@@ -58,15 +60,26 @@ def _forward_with_mask(x: torch.Tensor, scale: torch.Tensor, zq: torch.Tensor | 
     else:
         r.round_()
     q = torch.clamp(r, qmin, qmax, out=torch.empty_like(r))  # type: ignore[arg-type]  # both ints or both tensors
-    mask = (q == r).to(q.dtype) if torch.compiler.is_compiling() else torch.eq(q, r, out=torch.empty_like(r))
+    if x.device.type != "cpu":
+        mask = q == r
+    elif torch.compiler.is_compiling():
+        mask = (q == r).to(q.dtype)
+    else:
+        mask = torch.eq(q, r, out=torch.empty_like(r))
     if zq is not None:
         q.sub_(zq)
     return q.mul_(scale), mask
 
 
+def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same shape and the same strides in every dimension of size > 1 (where strides matter)."""
+    return a.shape == b.shape and all(sa == sb for sa, sb, n in zip(a.stride(), b.stride(), a.shape, strict=True)
+                                      if n > 1)
+
+
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    """`t`'s elements as a 1-D view in memory order when it is dense (contiguous or channels-last: what inductor
-    hands a conv's neighbours), else a contiguous copy."""
+    """`t`'s elements as a 1-D view in memory order when it is dense channels-last (what inductor hands a conv's
+    neighbours), else in logical order (a view when contiguous)."""
     if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
         return t.permute(0, 2, 3, 1).reshape(-1)
     return t.reshape(-1)
@@ -75,17 +88,25 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 def _reduce(t: torch.Tensor, other: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """sum(t * other) reduced to `shape` (a dot product when shape is a scalar: no temporary)."""
     if math.prod(shape) == 1:
-        return torch.dot(_flat(t), _flat(other)).reshape(shape)
+        if _same_layout(t, other):  # both read in the same (memory) order
+            return torch.dot(_flat(t), _flat(other)).reshape(shape)
+        return torch.dot(t.reshape(-1), other.reshape(-1)).reshape(shape)  # both in logical order
     return (t * other).sum_to_size(shape)
 
 
 def _backward(grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor,
               has_zp: bool, need_s: bool = True, need_z: bool = True
               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(grad x, grad scale or None, grad zq or None): STE for x, LSQ for the scale, LSQ+ for the zero point."""
-    if grad.stride() != mask.stride():  # the saved tensors' layout (same as x's), so every pass below is elementwise
-        grad = torch.empty_like(mask).copy_(grad)
-    grad_in = torch.mul(grad, mask, out=torch.empty_like(mask))
+    """(grad x, grad scale or None, grad zq or None): STE for x, LSQ for the scale, LSQ+ for the zero point.
+
+    A float mask multiplies (an inf/NaN gradient at a clipped element becomes NaN, not 0: a non-finite gradient
+    stops training anyway); a bool mask selects."""
+    if mask.dtype == torch.bool:
+        grad_in = torch.where(mask, grad, 0.0)
+    else:
+        if not _same_layout(grad, mask):  # the saved tensors' layout, so the product below is elementwise
+            grad = torch.empty_like(mask).copy_(grad)
+        grad_in = torch.mul(grad, mask, out=torch.empty_like(mask))
     grad_s = grad_z = None
     if need_s:
         # d x_q / d s with round as identity: in range (q - zq) - x/s = (x_q - x)/s; clipped x_q/s
