@@ -11,6 +11,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +29,10 @@ CREDENTIAL_WORDS = ("PASSWORD", "SECRET", "TOKEN", "ACCESS_KEY")
 
 def kubectl() -> str | None:
     return shutil.which("kubectl")
+
+
+# every test module here: marked k8s, and skipped where kubectl (with kustomize) is missing
+K8S_MARKS = [pytest.mark.k8s, pytest.mark.skipif(kubectl() is None, reason="kubectl (with kustomize) is not installed")]
 
 
 @cache

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from tests.k8s.manifests import (
+    K8S_MARKS,
     ROOT,
     allows,
-    kubectl,
     pipeline_steps,
     pipeline_violations,
     pod_specs,
@@ -25,8 +25,7 @@ from tests.k8s.manifests import (
     step_argv,
 )
 
-pytestmark = [pytest.mark.k8s,
-              pytest.mark.skipif(kubectl() is None, reason="kubectl (with kustomize) is not installed")]
+pytestmark = K8S_MARKS
 
 PIPELINE_PY = ROOT / "k8s" / "kubeflow" / "pipeline.py"
 JOB = ROOT / "jobs" / "demo.yaml"

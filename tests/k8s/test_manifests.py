@@ -18,6 +18,7 @@ import yaml
 from tests.k8s.manifests import (
     CRD_DIR,
     K8S,
+    K8S_MARKS,
     KUBERNETES_VERSION,
     OVERLAYS,
     ROOT,
@@ -28,7 +29,6 @@ from tests.k8s.manifests import (
     entrypoint_argv,
     entrypoint_spec_and_sets,
     exposure_violations,
-    kubectl,
     load_docs,
     network_violations,
     pod_specs,
@@ -37,8 +37,7 @@ from tests.k8s.manifests import (
     render,
 )
 
-pytestmark = [pytest.mark.k8s,
-              pytest.mark.skipif(kubectl() is None, reason="kubectl (with kustomize) is not installed")]
+pytestmark = K8S_MARKS
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RAY_KINDS = {"RayCluster", "RayJob"}
